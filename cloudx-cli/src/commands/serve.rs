@@ -1,0 +1,31 @@
+//! `cloudx serve`: the HTTP daemon.
+
+use anyhow::Context as _;
+use cloudx_core::{Cloudx, CloudxConfig};
+use cloudx_http::{AppState, Server};
+use sd_notify::NotifyState;
+
+pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
+    let http = config.http.clone();
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let cx = Cloudx::connect(config).await?;
+    let server = Server::bind(cloudx_http::app(AppState::new(cx.clone())), &http).await?;
+    let addr = server.local_addr().context("cannot read the bound address")?;
+    crate::print(&format!(
+        "cloudx {} listening on http://{addr}\n  data: {} (database: {})\n",
+        cloudx_core::VERSION,
+        data_dir.display(),
+        cx.database().backend()
+    ));
+    tracing::info!(%addr, data_dir = %data_dir.display(), database = cx.database().backend(), "listening");
+    // Under systemd (Type=notify): ready once listening and migrated. Elsewhere a no-op.
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+    let result = server.run(cloudx_http::shutdown_signal()).await;
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    cx.close().await;
+    result.context("the server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The `cloudx` command: parses arguments, runs one command, maps failures to exit codes.
+
+mod args;
+mod commands;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cloudx_core::ErrorKind;
+use cloudx_core::config::{ConfigError, Profile};
+
+use crate::args::{Cli, Command, ConfigCommand};
+
+/// Exit codes beyond 0 (success) and 2 (usage, from clap), after sysexits.h.
+mod exit {
+    pub(crate) const FAILURE: u8 = 1;
+    pub(crate) const DATA: u8 = 65;
+    pub(crate) const UNAVAILABLE: u8 = 69;
+    pub(crate) const CONFIG: u8 = 78;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli { global, command } = cli;
+    match command {
+        Command::Version => {
+            print(&format!("cloudx {}\n", cloudx_core::VERSION));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let config = commands::load_config(&global, |l| l)?;
+            commands::config::check(&config);
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = commands::load_config(&global, |l| l)?;
+            init_logging(config.profile, "warn");
+            runtime()?.block_on(commands::migrate(config))
+        }
+        Command::Serve(args) => {
+            let config = commands::load_config(&global, |l| match &args.bind {
+                Some(bind) => l.flag("http.bind", "--bind", bind.clone()),
+                None => l,
+            })?;
+            init_logging(config.profile, "info");
+            runtime()?.block_on(commands::serve::run(config))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Logs go to stderr: text in `dev`, JSON lines in `prod`; `RUST_LOG` overrides the level.
+fn init_logging(profile: Profile, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match profile {
+        Profile::Prod => builder.json().flatten_event(true).with_current_span(true).init(),
+        _ => builder.init(),
+    }
+}
+
+/// Writes command output to stdout (the one place the CLI prints results).
+pub(crate) fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ConfigError>().is_some() {
+        return exit::CONFIG;
+    }
+    if let Some(err) = err.downcast_ref::<cloudx_core::Error>() {
+        return match err.kind() {
+            ErrorKind::InvalidInput => exit::CONFIG,
+            ErrorKind::Unavailable => exit::UNAVAILABLE,
+            ErrorKind::Conflict => exit::DATA,
+            _ => exit::FAILURE,
+        };
+    }
+    exit::FAILURE
+}

@@ -1,0 +1,129 @@
+//! The `Cloudx` facade: one handle that owns the database (and, as they arrive, the storage,
+//! queue, sandbox and auth ports) and offers every operation the front ends expose.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::config::{CloudxConfig, Profile, Secret, jwt_secret_path};
+use crate::db::Database;
+use crate::error::Result;
+
+/// The cloudx library, opened on a configuration. Cheap to clone: clones share one instance.
+///
+/// # Example
+/// ```
+/// # tokio_test_block_on(async {
+/// use cloudx_core::{Cloudx, CloudxConfig};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let cx = Cloudx::connect(CloudxConfig::embedded(dir.path())).await.unwrap();
+/// assert!(cx.readiness().await.is_ready());
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cloudx {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: CloudxConfig,
+    db: Database,
+    instance_id: Uuid,
+    jwt_secret: Secret,
+}
+
+impl Cloudx {
+    /// Opens everything the configuration names: creates the data folder on first use,
+    /// connects to the database and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an invalid configuration
+    /// (every problem listed), [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the
+    /// database cannot be reached, [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when the
+    /// database was migrated by a newer cloudx.
+    pub async fn connect(config: CloudxConfig) -> Result<Self> {
+        config.validate()?;
+        crate::fs::create_private_dir(&config.data_dir)?;
+        let jwt_secret = match &config.auth.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                debug_assert_eq!(config.profile, Profile::Dev, "validation requires a secret in prod");
+                let path = jwt_secret_path(&config.data_dir);
+                let secret =
+                    crate::fs::read_or_create_secret(&path, || crate::fs::random_secret().unwrap_or_default())?;
+                Secret::new(secret)
+            }
+        };
+        let db = Database::connect(&config).await?;
+        let report = db.migrate().await?;
+        if !report.applied.is_empty() {
+            tracing::info!(applied = ?report.applied, version = report.version, "database migrated");
+        }
+        let instance_id = db.instance_id().await?;
+        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret }) })
+    }
+
+    /// The configuration this instance was opened with.
+    pub fn config(&self) -> &CloudxConfig {
+        &self.inner.config
+    }
+
+    /// The database pool.
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The id of the instance (shared by every node on one database).
+    pub fn instance_id(&self) -> Uuid {
+        self.inner.instance_id
+    }
+
+    /// The HS256 signing secret: configured, or generated into the data folder in `dev`.
+    pub fn jwt_secret(&self) -> &Secret {
+        &self.inner.jwt_secret
+    }
+
+    /// Checks every dependency a request needs; each check says what failed.
+    pub async fn readiness(&self) -> Readiness {
+        let database = match self.inner.db.ping().await {
+            Ok(()) => Check { name: "database", ok: true, detail: self.inner.db.backend().to_owned() },
+            Err(e) => Check { name: "database", ok: false, detail: e.message().to_owned() },
+        };
+        Readiness { checks: vec![database] }
+    }
+
+    /// Closes the database pool; call before exit so SQLite checkpoints its WAL.
+    pub async fn close(&self) {
+        self.inner.db.close().await;
+    }
+}
+
+/// The result of [`Cloudx::readiness`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    /// One entry per dependency.
+    pub checks: Vec<Check>,
+}
+
+impl Readiness {
+    /// Whether every check passed.
+    pub fn is_ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// What was checked: `database`, `storage`.
+    pub name: &'static str,
+    /// Whether it answered.
+    pub ok: bool,
+    /// The backend when it answered, the reason when it did not.
+    pub detail: String,
+}

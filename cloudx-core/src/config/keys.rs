@@ -1,0 +1,87 @@
+//! The table of every configuration key: its type, whether it is secret, and what it does.
+//!
+//! The loader uses it to read environment variables with the right type and to reject unknown
+//! ones; tests check it against the structs and against `docs/configuration.md`.
+
+/// How an environment variable's text is read for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Taken as it is.
+    Text,
+    /// A whole number.
+    Integer,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Bool,
+    /// A comma-separated list.
+    List,
+    /// A duration such as `500ms`, `30s` or `5m`.
+    Duration,
+    /// A size such as `16MiB` or `512KiB`.
+    Size,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    /// The dotted key: `data_dir`, `database.url`.
+    pub key: &'static str,
+    /// How its environment variable is read.
+    pub kind: KeyKind,
+    /// Whether its value is redacted when shown.
+    pub secret: bool,
+    /// The default, as documented.
+    pub default: &'static str,
+}
+
+impl KeySpec {
+    /// The environment variable that sets this key: `CLOUDX_DATA_DIR`, `CLOUDX_DATABASE__URL`.
+    pub fn env_var(&self) -> String {
+        format!("CLOUDX_{}", self.key.replace('.', "__").to_ascii_uppercase())
+    }
+}
+
+const fn key(key: &'static str, kind: KeyKind, default: &'static str) -> KeySpec {
+    KeySpec { key, kind, secret: false, default }
+}
+
+const fn secret(key: &'static str, default: &'static str) -> KeySpec {
+    KeySpec { key, kind: KeyKind::Text, secret: true, default }
+}
+
+use KeyKind::{Bool, Duration, Integer, List, Size, Text};
+
+/// Every configuration key, in the order `docs/configuration.md` documents them.
+pub const KEYS: &[KeySpec] = &[
+    key("data_dir", Text, "./cloudx-data"),
+    key("profile", Text, "dev"),
+    secret("database.url", "SQLite at <data_dir>/cloudx.db"),
+    key("database.max_connections", Integer, "16"),
+    key("database.acquire_timeout", Duration, "5s"),
+    key("database.busy_timeout", Duration, "5s"),
+    key("database.sqlite_synchronous", Text, "normal"),
+    key("storage.url", Text, "file://<data_dir>/blobs"),
+    key("sandbox.enabled", Bool, "true"),
+    secret("auth.jwt_secret", "generated into <data_dir>/jwt-secret (dev only)"),
+    key("http.bind", Text, "127.0.0.1:8080"),
+    key("http.cors_origins", List, "[] (none)"),
+    key("http.cors_allow_credentials", Bool, "false"),
+    key("http.max_body_size", Size, "16 MiB"),
+    key("http.max_header_size", Size, "16 KiB"),
+    key("http.header_read_timeout", Duration, "10s"),
+    key("http.request_timeout", Duration, "60s"),
+    key("http.max_connections", Integer, "4096"),
+    key("http.shutdown_grace", Duration, "30s"),
+    key("llm.base_url", Text, "https://api.openai.com/v1"),
+    key("llm.model", Text, "gpt-4o-mini"),
+    secret("llm.api_key", "none"),
+    key("llm.organization", Text, "none"),
+    key("llm.request_timeout", Duration, "120s"),
+    key("llm.max_retries", Integer, "4"),
+    key("worker.embedded", Bool, "true"),
+    key("worker.concurrency", Integer, "4"),
+];
+
+/// The key spec for a dotted key.
+pub(crate) fn find(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.key == key)
+}

@@ -1,0 +1,517 @@
+//! `CloudxConfig`: the whole configuration as data, its sections, and validation.
+//!
+//! Layering (defaults < `cloudx.toml` < environment < command-line flags) lives in [`load`], the
+//! table of every key with its type and documentation in [`keys`]. Validation reports every
+//! problem at once, each naming the key, the bad value, where it came from and what is allowed.
+
+mod keys;
+mod load;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+pub use keys::{KEYS, KeyKind, KeySpec};
+pub use load::{ConfigError, ConfigLoader, ConfigProblem, Origin};
+
+/// The complete configuration of a cloudx instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CloudxConfig {
+    /// Where embedded state lives: the SQLite database, local blobs, the generated JWT secret.
+    pub data_dir: PathBuf,
+    /// `dev` (default) or `prod`; `prod` refuses insecure settings.
+    pub profile: Profile,
+    /// The SQL database.
+    pub database: DatabaseConfig,
+    /// The object store holding file contents.
+    pub storage: StorageConfig,
+    /// Sandboxed execution.
+    pub sandbox: SandboxConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// The HTTP daemon.
+    pub http: HttpConfig,
+    /// The OpenAI-compatible model endpoint used by the agent.
+    pub llm: LlmConfig,
+    /// Job workers.
+    pub worker: WorkerConfig,
+}
+
+impl Default for CloudxConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./cloudx-data"),
+            profile: Profile::Dev,
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            sandbox: SandboxConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            llm: LlmConfig::default(),
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+impl CloudxConfig {
+    /// The embedded default configuration rooted at `data_dir` (SQLite, local blobs).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::default() }
+    }
+
+    /// The database the configuration selects, resolving the embedded default.
+    ///
+    /// # Errors
+    /// When `database.url` is not a supported URL.
+    pub fn database_target(&self) -> Result<DatabaseTarget, String> {
+        match &self.database.url {
+            None => Ok(DatabaseTarget::Sqlite(self.data_dir.join("cloudx.db"))),
+            Some(url) => DatabaseTarget::parse(url.expose()),
+        }
+    }
+
+    /// Checks a configuration built in code (the loader runs the same checks while loading).
+    ///
+    /// # Errors
+    /// Every problem found, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        validate(self, &mut problems);
+        ConfigError::from_problems(problems)
+    }
+
+    /// The configuration rendered as TOML with every secret redacted (for `cloudx config check`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// The deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Friendly defaults for one machine: generated secrets, text logs.
+    #[default]
+    Dev,
+    /// Production: refuses insecure settings, JSON logs.
+    Prod,
+}
+
+/// A secret string: never shown by `Debug`, redacted when the configuration is printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str("<redacted>")
+    }
+}
+
+/// The `[database]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; unset means SQLite at `<data_dir>/cloudx.db`.
+    pub url: Option<Secret>,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before the request fails as unavailable.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// SQLite only: how long a writer waits for the database lock.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// SQLite only: `normal` (WAL default) or `full`.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+            sqlite_synchronous: SqliteSynchronous::Normal,
+        }
+    }
+}
+
+/// SQLite's `synchronous` level under WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Durable across a crash of cloudx; a power loss may drop the last commits (never corrupts).
+    #[default]
+    Normal,
+    /// Every commit is fsynced: durable across power loss, slower writes.
+    Full,
+}
+
+/// Which SQL database a configuration points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A Postgres server (the URL as configured).
+    Postgres(String),
+}
+
+impl DatabaseTarget {
+    /// Parses a database URL: `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
+    ///
+    /// # Errors
+    /// A message naming the scheme when it is not one of those.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = rest.split('?').next().unwrap_or_default();
+            if path.is_empty() || path == ":memory:" {
+                return Err(
+                    "a sqlite URL needs a file path (sqlite://PATH); in-memory databases are not supported".into()
+                );
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url::Url::parse(url).map_err(|e| format!("not a valid postgres URL: {e}"))?;
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(format!("unsupported scheme `{scheme}`: use sqlite://PATH or postgres://USER@HOST/DB"))
+    }
+
+    /// A short name for logs and `/readyz`: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The location without credentials, safe to print.
+    pub fn display_location(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut u) => {
+                    let _ = u.set_password(None);
+                    let _ = u.set_username("");
+                    u.to_string()
+                }
+                Err(_) => "postgres://<unparsable>".into(),
+            },
+        }
+    }
+}
+
+/// The `[storage]` section: where file contents (content-addressed blobs) live.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StorageConfig {
+    /// `file:///PATH`, `s3://BUCKET/PREFIX` or `memory://`; unset means `<data_dir>/blobs`.
+    pub url: Option<String>,
+}
+
+/// The `[sandbox]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SandboxConfig {
+    /// Whether untrusted code may run at all; `prod` refuses `false`.
+    pub enabled: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// The `[auth]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// The HS256 signing secret (at least 32 bytes). Unset in `dev`: generated into
+    /// `<data_dir>/jwt-secret` (mode 0600); `prod` requires it.
+    pub jwt_secret: Option<Secret>,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// The address `cloudx serve` listens on.
+    pub bind: String,
+    /// Origins allowed by CORS (`https://app.example.com`), or `*`; empty allows none.
+    pub cors_origins: Vec<String>,
+    /// Whether CORS responses allow credentials; refused together with `*`.
+    pub cors_allow_credentials: bool,
+    /// The largest request body accepted.
+    pub max_body_size: ByteSize,
+    /// The largest request head (request line and headers) accepted.
+    pub max_header_size: ByteSize,
+    /// A client must send the whole request head within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The longest a request may take before it is answered with 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The most connections open at once; further ones wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// On SIGTERM, how long in-flight requests have to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            cors_origins: Vec::new(),
+            cors_allow_credentials: false,
+            max_body_size: ByteSize::mib(16),
+            max_header_size: ByteSize::kib(16),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The parsed bind address (validated at load time).
+    ///
+    /// # Errors
+    /// When `bind` is not `IP:PORT`.
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        self.bind.parse().map_err(|_| {
+            format!("`{}` is not an address of the form IP:PORT, such as 127.0.0.1:8080 or [::]:8080", self.bind)
+        })
+    }
+}
+
+/// The `[llm]` section (`OPENAI_API_KEY` and `OPENAI_BASE_URL` are honoured too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LlmConfig {
+    /// The OpenAI-compatible endpoint, up to and including `/v1`.
+    pub base_url: String,
+    /// The model name sent with every request.
+    pub model: String,
+    /// The API key, if the endpoint needs one.
+    pub api_key: Option<Secret>,
+    /// The OpenAI organisation header, if any.
+    pub organization: Option<String>,
+    /// The longest a single model request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How many times a 429 or 5xx answer is retried.
+    pub max_retries: u32,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            model: "gpt-4o-mini".into(),
+            api_key: None,
+            organization: None,
+            request_timeout: Duration::from_secs(120),
+            max_retries: 4,
+        }
+    }
+}
+
+/// The `[worker]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Whether `cloudx serve` runs a worker pool in-process.
+    pub embedded: bool,
+    /// How many jobs one worker process runs at once.
+    pub concurrency: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { embedded: true, concurrency: 4 }
+    }
+}
+
+/// Checks the values and their combination; every problem is reported, none stops the others.
+pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
+    fn value_problem(key: &str, value: &dyn std::fmt::Display, why: String) -> ConfigProblem {
+        ConfigProblem::new(key, format!("`{value}`: {why}"))
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        problems.push(value_problem("data_dir", &"", "must name a folder, such as ./cloudx-data".into()));
+    }
+    if let Some(url) = &config.database.url
+        && let Err(why) = DatabaseTarget::parse(url.expose())
+    {
+        // The URL may hold a password: show only its scheme.
+        let scheme = url.expose().split(':').next().unwrap_or_default();
+        problems.push(value_problem("database.url", &format!("{scheme}:…"), why));
+    }
+    if config.database.max_connections == 0 {
+        problems.push(value_problem("database.max_connections", &0, "must be at least 1".into()));
+    }
+    if let Some(url) = &config.storage.url
+        && let Err(why) = check_storage_url(url)
+    {
+        problems.push(value_problem("storage.url", url, why));
+    }
+    if let Some(secret) = &config.auth.jwt_secret
+        && secret.expose().len() < 32
+    {
+        problems.push(value_problem(
+            "auth.jwt_secret",
+            &"<redacted>",
+            format!(
+                "is {} bytes long; use at least 32 random bytes (for example `openssl rand -base64 48`)",
+                secret.expose().len()
+            ),
+        ));
+    }
+    if let Err(why) = config.http.bind_addr() {
+        problems.push(ConfigProblem::new("http.bind", why));
+    }
+    for origin in &config.http.cors_origins {
+        if let Err(why) = check_origin(origin) {
+            problems.push(value_problem("http.cors_origins", origin, why));
+        }
+    }
+    if config.http.cors_allow_credentials && config.http.cors_origins.iter().any(|o| o == "*") {
+        problems.push(ConfigProblem::new(
+            "http.cors_allow_credentials",
+            "`true` together with http.cors_origins = [\"*\"] would let any web site act with a user's credentials; list the allowed origins instead",
+        ));
+    }
+    if config.http.max_header_size.as_u64() < 8 * 1024 {
+        problems.push(value_problem(
+            "http.max_header_size",
+            &config.http.max_header_size,
+            "must be at least 8 KiB".into(),
+        ));
+    }
+    for (key, value) in [
+        ("http.header_read_timeout", config.http.header_read_timeout),
+        ("http.request_timeout", config.http.request_timeout),
+        ("database.acquire_timeout", config.database.acquire_timeout),
+        ("llm.request_timeout", config.llm.request_timeout),
+    ] {
+        if value.is_zero() {
+            problems.push(value_problem(key, &"0s", "must be longer than zero".into()));
+        }
+    }
+    if config.http.max_connections == 0 {
+        problems.push(value_problem("http.max_connections", &0, "must be at least 1".into()));
+    }
+    match url::Url::parse(&config.llm.base_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => problems.push(value_problem(
+            "llm.base_url",
+            &config.llm.base_url,
+            "must be an http:// or https:// URL, such as http://127.0.0.1:11434/v1".into(),
+        )),
+    }
+    if config.llm.model.trim().is_empty() {
+        problems.push(value_problem("llm.model", &"", "must name a model".into()));
+    }
+    if !(1..=1024).contains(&config.worker.concurrency) {
+        problems.push(value_problem(
+            "worker.concurrency",
+            &config.worker.concurrency,
+            "must be between 1 and 1024".into(),
+        ));
+    }
+    if config.profile == Profile::Prod {
+        validate_prod(config, problems);
+    }
+}
+
+/// The settings the `prod` profile refuses, with the reason and the fix.
+fn validate_prod(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
+    if config.auth.jwt_secret.is_none() {
+        problems.push(ConfigProblem::new(
+            "auth.jwt_secret",
+            "profile `prod` requires an explicit secret (CLOUDX_AUTH__JWT_SECRET): a generated one is not shared by other nodes and is lost with the data folder",
+        ));
+    }
+    if config.http.cors_origins.iter().any(|o| o == "*") {
+        problems.push(ConfigProblem::new(
+            "http.cors_origins",
+            "profile `prod` refuses `*`: list the origins of your web front ends",
+        ));
+    }
+    if !config.sandbox.enabled {
+        problems.push(ConfigProblem::new(
+            "sandbox.enabled",
+            "profile `prod` refuses `false`: untrusted code would run unconfined on the host",
+        ));
+    }
+}
+
+fn check_storage_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("not a URL ({e}); use file:///PATH, s3://BUCKET/PREFIX or memory://"))?;
+    match parsed.scheme() {
+        "file" | "memory" => Ok(()),
+        "s3" if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "s3" => Err("an s3 URL needs a bucket: s3://BUCKET/PREFIX".into()),
+        other => Err(format!("unsupported scheme `{other}`: use file:///PATH, s3://BUCKET/PREFIX or memory://")),
+    }
+}
+
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(origin).map_err(|_| "is not an origin such as https://app.example.com".to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err("an origin is http(s)://HOST[:PORT]".into());
+    }
+    if parsed.path() != "/" || origin.ends_with('/') || parsed.query().is_some() {
+        return Err("an origin has no path, query or trailing slash: https://app.example.com".into());
+    }
+    Ok(())
+}
+
+/// The file that holds the generated JWT secret in a data folder.
+pub(crate) fn jwt_secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jwt-secret")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! cloudx-http: the HTTP daemon of cloudx.
+//!
+//! [`app`] builds the axum `Router` (handy for `oneshot` tests); [`Server`] serves it on a
+//! socket with the protections axum's own `serve` lacks: a header-read timeout, a connection
+//! cap, request-head size limits and a graceful shutdown that waits for in-flight requests.
+
+pub mod error;
+pub mod metrics;
+mod middleware;
+pub mod routes;
+mod server;
+pub mod state;
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::openapi::OpenApi;
+
+pub use crate::server::{Server, shutdown_signal};
+pub use crate::state::AppState;
+
+/// The daemon's whole router: routes, OpenAPI document and every middleware.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = routes::api().split_for_parts();
+    let openapi = openapi_document(openapi);
+    let router = router
+        .route("/api/v1/openapi.json", get(move || std::future::ready(axum::Json(openapi.clone()))))
+        .route_layer(axum::middleware::from_fn(metrics::label_route))
+        .fallback(fallback);
+    middleware::apply(router, &state.cx.config().http).with_state(state)
+}
+
+/// Every route of the API with its OpenAPI description (for tools and tests).
+pub fn openapi() -> OpenApi {
+    openapi_document(routes::api().split_for_parts().1)
+}
+
+fn openapi_document(mut doc: OpenApi) -> OpenApi {
+    doc.info.version = cloudx_core::VERSION.to_owned();
+    doc
+}
+
+async fn fallback() -> error::ApiError {
+    error::ApiError::new(
+        cloudx_core::ErrorKind::NotFound,
+        "no such route; the API is described at /api/v1/openapi.json",
+    )
+}

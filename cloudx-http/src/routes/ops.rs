@@ -1,0 +1,75 @@
+//! Operational routes at the root: liveness, readiness, metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use cloudx_core::ErrorKind;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+}
+
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// The running version.
+    version: &'static str,
+}
+
+/// Liveness: answers while the process can serve requests; touches no dependency.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok", version: cloudx_core::VERSION })
+}
+
+/// The answer of `/readyz` when every check passed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    status: &'static str,
+    /// The id of the instance: every node on one database reports the same.
+    instance_id: String,
+    /// One entry per dependency.
+    #[schema(value_type = Vec<Object>)]
+    checks: Vec<cloudx_core::Check>,
+}
+
+/// Readiness: the database (and, once it exists, the object store) answers.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, body = Ready),
+        (status = 503, description = "A dependency is unreachable; `checks` says which", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let readiness = state.cx.readiness().await;
+    if readiness.is_ready() {
+        return Ok(Json(Ready {
+            status: "ready",
+            instance_id: state.cx.instance_id().to_string(),
+            checks: readiness.checks,
+        }));
+    }
+    let failed: Vec<String> =
+        readiness.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    let checks = serde_json::to_value(&readiness.checks).unwrap_or_default();
+    Err(ApiError::new(ErrorKind::Unavailable, format!("not ready: {}", failed.join("; ")))
+        .with_member("checks", checks))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
