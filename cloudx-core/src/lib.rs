@@ -26,6 +26,8 @@ pub mod db;
 pub mod error;
 mod fs;
 mod principal;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use crate::cloudx::{Check, Cloudx, Readiness};
 pub use crate::config::CloudxConfig;

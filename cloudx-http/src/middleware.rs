@@ -18,13 +18,13 @@ use crate::state::AppState;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps the router in the stack. Layers added later run earlier, so read this bottom-up:
-/// a request gets its id, is traced and counted, checked by CORS, timed, size-limited, and its
-/// error responses become problem documents; every response gets the security headers.
+/// a request gets its id, is traced and counted, checked by CORS, has its error responses turned
+/// into problem documents, and is timed and size-limited; every response gets the security headers.
 pub(crate) fn apply(router: Router<AppState>, http: &HttpConfig) -> Router<AppState> {
     let mut router = router
-        .layer(axum::middleware::from_fn(crate::error::problem_details))
         .layer(RequestBodyLimitLayer::new(usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX)))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout));
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+        .layer(axum::middleware::from_fn(crate::error::problem_details));
     if let Some(cors) = cors(http) {
         router = router.layer(cors);
     }

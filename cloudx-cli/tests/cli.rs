@@ -1,0 +1,212 @@
+//! The `cloudx` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloudx");
+
+/// A `cloudx` command in `dir` with a clean environment: no CLOUDX_ variable leaks in from the
+/// developer's shell.
+fn cloudx(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("cloudx runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running `cloudx serve` and the address it printed.
+struct Serve {
+    child: Child,
+    addr: String,
+    first_line: String,
+}
+
+impl Serve {
+    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let mut cmd = cloudx(dir);
+        cmd.args(["serve", "--bind", "127.0.0.1:0"]).envs(extra_env.iter().copied());
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first_line = lines.next().expect("serve prints where it listens").unwrap();
+        let addr = first_line.rsplit("http://").next().unwrap().trim().to_owned();
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr, first_line }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("cloudx serve did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn version_prints_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path()).arg("version"));
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), format!("cloudx {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn serve_on_an_empty_folder_starts_embedded_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    assert!(serve.first_line.starts_with("cloudx ") && serve.first_line.contains("listening on http://127.0.0.1:"));
+    let health = reqwest::get(serve.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value = reqwest::get(serve.url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"][0]["detail"], "sqlite");
+    assert!(dir.path().join("cloudx-data/cloudx.db").is_file(), "data lives under ./cloudx-data");
+    assert!(dir.path().join("cloudx-data/jwt-secret").is_file());
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success(), "SIGTERM exits 0");
+}
+
+#[tokio::test]
+async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = client.clone();
+        let url = serve.url("/readyz");
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i)).await;
+            // A request that gets no response at all was not accepted: refused after the listener
+            // closed, or sent on a keep-alive connection the server closed as idle (the usual
+            // HTTP/1.1 race, which clients retry). What must never happen is a response that
+            // starts and is cut short.
+            let response = client.get(url).send().await.ok()?;
+            Some((response.status().as_u16(), response.text().await.is_ok()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    serve.signal("TERM");
+    let mut answered = 0;
+    for task in tasks {
+        if let Some((status, complete)) = task.await.unwrap() {
+            assert_eq!(status, 200);
+            assert!(complete, "the body of an accepted request arrives whole");
+            answered += 1;
+        }
+    }
+    assert!(answered > 0);
+    assert!(serve.wait(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn serve_reports_a_busy_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(cloudx(dir.path()).args(["serve", "--bind", &addr]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("--bind"), "{err}");
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cloudx.toml"), "[http]\nbind = \"127.0.0.1:9999\"\n").unwrap();
+    let out = run(cloudx(dir.path()).args(["config", "check"]).env("CLOUDX_LLM__API_KEY", "sk-very-secret"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("# configuration is valid"), "{stdout}");
+    assert!(stdout.contains("bind = \"127.0.0.1:9999\""), "./cloudx.toml is read: {stdout}");
+    assert!(stdout.contains("api_key = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains("sk-very-secret"));
+    assert!(!dir.path().join("cloudx-data").exists(), "config check starts nothing and creates nothing");
+}
+
+#[test]
+fn config_check_lists_every_problem_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path())
+        .args(["config", "check"])
+        .env("CLOUDX_PROFILE", "prod")
+        .env("CLOUDX_HTTP__BIND", "everywhere")
+        .env("CLOUDX_HTTP__BNID", "typo"));
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: invalid configuration (3 problems):"), "{err}");
+    assert!(err.contains("CLOUDX_HTTP__BNID: unknown environment variable"), "{err}");
+    assert!(err.contains("http.bind: `everywhere` is not an address"), "{err}");
+    assert!(err.contains("auth.jwt_secret: profile `prod` requires"), "{err}");
+}
+
+#[test]
+fn an_explicit_config_file_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path()).args(["--config", "missing.toml", "config", "check"]));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("missing.toml: cannot read the configuration file"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn migrate_applies_then_reports_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("applied 1 0001_instance"), "{}", text(&first.stdout));
+    let second = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
+    assert!(text(&second.stdout).contains("is up to date at schema version 1"), "{}", text(&second.stdout));
+    assert!(dir.path().join("state/cloudx.db").is_file());
+}
+
+#[tokio::test]
+async fn migrate_on_postgres() {
+    let Some(pg) = cloudx_core::testing::TestPostgres::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path()).arg("migrate").env("CLOUDX_DATABASE__URL", pg.url()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("applied 1 0001_instance") && stdout.contains("(postgres)"), "{stdout}");
+    assert!(!stdout.contains("postgres@"), "the user name is not printed: {stdout}");
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(cloudx(dir.path()).arg("migrate")).status.success());
+    let url = format!("sqlite://{}", dir.path().join("cloudx-data/cloudx.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = run(cloudx(dir.path()).args(["serve", "--bind", "127.0.0.1:0"]));
+    assert_eq!(out.status.code(), Some(65));
+    let err = text(&out.stderr);
+    assert!(err.contains("schema is at version 9999") && err.contains("newer than this cloudx"), "{err}");
+}
