@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::config::{CloudxConfig, Profile, Secret, jwt_secret_path};
 use crate::db::Database;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 
 /// The cloudx library, opened on a configuration. Cheap to clone: clones share one instance.
 ///
@@ -54,8 +54,17 @@ impl Cloudx {
             None => {
                 debug_assert_eq!(config.profile, Profile::Dev, "validation requires a secret in prod");
                 let path = jwt_secret_path(&config.data_dir);
-                let secret =
-                    crate::fs::read_or_create_secret(&path, || crate::fs::random_secret().unwrap_or_default())?;
+                let secret = crate::fs::read_or_create_secret(&path, crate::fs::random_secret)?;
+                if secret.len() < 32 {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "the JWT secret in {} is {} bytes long; it needs at least 32 (delete the file to generate a new one)",
+                            path.display(),
+                            secret.len()
+                        ),
+                    ));
+                }
                 Secret::new(secret)
             }
         };
@@ -92,7 +101,15 @@ impl Cloudx {
     pub async fn readiness(&self) -> Readiness {
         let database = match self.inner.db.ping().await {
             Ok(()) => Check { name: "database", ok: true, detail: self.inner.db.backend().to_owned() },
-            Err(e) => Check { name: "database", ok: false, detail: e.message().to_owned() },
+            Err(e) => {
+                // /readyz is unauthenticated: the reason goes to the log, not to the client.
+                tracing::warn!(error = %e.message(), "readiness: the database does not answer");
+                Check {
+                    name: "database",
+                    ok: false,
+                    detail: "the database does not answer (the server log has the reason)".into(),
+                }
+            }
         };
         Readiness { checks: vec![database] }
     }

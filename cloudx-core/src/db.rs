@@ -10,7 +10,7 @@ use std::str::FromStr;
 use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous as SqlxSynchronous};
-use sqlx::{PgPool, SqlSafeStr, SqlitePool};
+use sqlx::{Connection as _, PgConnection, PgPool, SqlSafeStr, SqlitePool};
 use uuid::Uuid;
 
 use crate::config::{CloudxConfig, DatabaseTarget, SqliteSynchronous};
@@ -27,6 +27,9 @@ macro_rules! migrations {
 
 const SQLITE_MIGRATIONS: &[Embedded] = migrations!("sqlite": (1, "0001_instance"));
 const POSTGRES_MIGRATIONS: &[Embedded] = migrations!("postgres": (1, "0001_instance"));
+
+/// The Postgres advisory lock key held while migrating ("cloudx" in ASCII, then 1).
+const MIGRATION_LOCK: i64 = 0x636c_6f75_6478_0001;
 
 /// The connection pool of the configured database.
 #[derive(Debug, Clone)]
@@ -117,6 +120,25 @@ impl Database {
     /// left untouched) or an applied migration was modified; [`ErrorKind::Unavailable`] when
     /// the database fails meanwhile.
     pub async fn migrate(&self) -> Result<MigrationReport> {
+        let Self::Postgres(pool) = self else { return self.migrate_locked().await };
+        // sqlx creates its bookkeeping table before it takes its own advisory lock, so nodes
+        // starting together on a fresh database could race there. Hold a lock of ours, on a
+        // session outside the pool (which may have a single connection), for the whole
+        // check-and-apply; closing that session releases the lock whatever happens.
+        let options = pool.connect_options();
+        let mut lock =
+            PgConnection::connect_with(&options).await.map_err(|e| unavailable("cannot reach the database", e))?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut lock)
+            .await
+            .map_err(|e| db_error("cannot take the migration lock", e))?;
+        let result = self.migrate_locked().await;
+        let _ = lock.close().await;
+        result
+    }
+
+    async fn migrate_locked(&self) -> Result<MigrationReport> {
         let embedded = self.embedded_migrations();
         let known = embedded.last().map_or(0, |m| m.0);
         let before = self.applied_versions().await?;

@@ -18,13 +18,20 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
 ///
 /// Creation uses `O_EXCL`, so two processes starting at once on one data folder agree on one
 /// secret: the loser of the race reads the winner's file.
-pub(crate) fn read_or_create_secret(path: &Path, generate: impl FnOnce() -> String) -> Result<String> {
+pub(crate) fn read_or_create_secret(path: &Path, generate: impl FnOnce() -> Result<String>) -> Result<String> {
     let io_error = |what: &str, e: std::io::Error| {
         Error::new(ErrorKind::Unavailable, format!("cannot {what} {}: {e}", path.display())).with_source(e)
     };
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(mut file) => {
-            let secret = generate();
+            let secret = match generate() {
+                Ok(secret) => secret,
+                Err(e) => {
+                    // Leave no empty file behind for the next start to trip over.
+                    let _ = std::fs::remove_file(path);
+                    return Err(e);
+                }
+            };
             file.write_all(secret.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io_error("write", e))?;
             Ok(secret)
         }
@@ -65,7 +72,7 @@ mod tests {
     fn secret_is_created_private_and_then_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
-        let first = read_or_create_secret(&path, || random_secret().unwrap()).unwrap();
+        let first = read_or_create_secret(&path, random_secret).unwrap();
         assert_eq!(first.len(), 96);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

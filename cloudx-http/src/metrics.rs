@@ -84,15 +84,30 @@ pub async fn label_route(request: Request, next: Next) -> Response {
     response
 }
 
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!("http_requests_in_flight");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Outer middleware: counts requests in flight and records count and latency by route template
 /// (never the raw path, which would make one series per file name).
 pub async fn track(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().as_str().to_owned();
-    let in_flight = metrics::gauge!("http_requests_in_flight");
-    in_flight.increment(1.0);
+    // A guard, so a request dropped mid-way (client gone, shutdown) is still counted out.
+    let _in_flight = InFlight::enter();
     let response = next.run(request).await;
-    in_flight.decrement(1.0);
     let route = response.extensions().get::<RouteLabel>().map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
     let labels = [("method", method), ("route", route), ("status", response.status().as_str().to_owned())];
     metrics::counter!("http_requests_total", &labels).increment(1);

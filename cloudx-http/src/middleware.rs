@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use cloudx_core::config::HttpConfig;
@@ -21,8 +22,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// a request gets its id, is traced and counted, checked by CORS, has its error responses turned
 /// into problem documents, and is timed and size-limited; every response gets the security headers.
 pub(crate) fn apply(router: Router<AppState>, http: &HttpConfig) -> Router<AppState> {
+    let max_body = usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX);
     let mut router = router
-        .layer(RequestBodyLimitLayer::new(usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX)))
+        // axum's extractors have a 2 MB limit of their own: make it the configured one.
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
         .layer(axum::middleware::from_fn(crate::error::problem_details));
     if let Some(cors) = cors(http) {
@@ -42,6 +46,19 @@ pub(crate) fn apply(router: Router<AppState>, http: &HttpConfig) -> Router<AppSt
             tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
+}
+
+/// A caller's `x-request-id` is kept (to join logs across a proxy) only when it is short and
+/// plain; otherwise it is replaced by a fresh one, so logs never carry arbitrary client text.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|v| {
+        v.len() <= 128 && !v.is_empty() && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
 }
 
 /// A header set on every response that does not set it itself.

@@ -71,7 +71,7 @@ impl Server {
         let connections = Arc::new(Semaphore::new(config.max_connections as usize));
         // Each connection task holds a receiver: `send` tells them to close gracefully, and
         // `closed()` on the sender resolves once every one of them is gone.
-        let (close_tx, close_rx) = watch::channel(false);
+        let (close_tx, close_rx) = watch::channel(Phase::Serving);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -101,13 +101,26 @@ impl Server {
         drop(listener);
         drop(close_rx);
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-        close_tx.send_replace(true);
+        close_tx.send_replace(Phase::Draining);
         let grace = config.shutdown_grace;
         if tokio::time::timeout(grace, close_tx.closed()).await.is_err() {
-            tracing::warn!(grace = ?grace, remaining = close_tx.receiver_count(), "grace period over; closing the remaining connections");
+            tracing::warn!(grace = ?grace, remaining = close_tx.receiver_count(), "grace period over; aborting the remaining connections");
+            close_tx.send_replace(Phase::Aborting);
+            // Dropping a connection's future is immediate; give the tasks a moment to run it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), close_tx.closed()).await;
         }
         Ok(())
     }
+}
+
+/// What the connection tasks are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the request in flight, then close.
+    Draining,
+    /// The grace period is over: close now.
+    Aborting,
 }
 
 async fn serve_connection(
@@ -115,7 +128,7 @@ async fn serve_connection(
     peer: SocketAddr,
     app: Router,
     config: &HttpConfig,
-    close: &mut watch::Receiver<bool>,
+    close: &mut watch::Receiver<Phase>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -132,12 +145,20 @@ async fn serve_connection(
     let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
-        result = connection.as_mut() => log_connection_end(result),
-        _ = close.changed() => {
-            connection.as_mut().graceful_shutdown();
-            log_connection_end(connection.await);
-        }
+        result = connection.as_mut() => return log_connection_end(result),
+        () = reached(close, |phase| *phase != Phase::Serving) => {}
     }
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        result = connection.as_mut() => log_connection_end(result),
+        () = reached(close, |phase| *phase == Phase::Aborting) => tracing::debug!("connection aborted at the end of the grace period"),
+    }
+}
+
+/// Resolves once the phase satisfies `reached` (or the server is gone).
+async fn reached(close: &mut watch::Receiver<Phase>, reached: impl FnMut(&Phase) -> bool) {
+    // The borrow `wait_for` returns is not `Send`: drop it here, not in the caller's `select!`.
+    let _ = close.wait_for(reached).await;
 }
 
 fn log_connection_end(result: hyper::Result<()>) {

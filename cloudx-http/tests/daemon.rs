@@ -117,6 +117,13 @@ async fn every_response_has_security_headers_and_a_request_id() {
     // A caller's request id is kept, so logs can be joined across a proxy.
     let r = reqwest::Client::new().get(d.url("/healthz")).header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+    // ...unless it is long or carries anything but plain characters: then a fresh one is made.
+    for unusable in ["x".repeat(200), "two words".to_owned(), "quote\"d".to_owned()] {
+        let r = reqwest::Client::new().get(d.url("/healthz")).header("x-request-id", &unusable).send().await.unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, unusable);
+        assert_eq!(id.len(), 36, "a fresh UUID");
+    }
     d.stop().await.unwrap();
 }
 
@@ -276,5 +283,6 @@ async fn shutdown_gives_up_after_the_grace_period() {
     let started = Instant::now();
     d.stop().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by the grace period");
-    stuck.abort();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), stuck).await.expect("the stuck request ends").unwrap();
+    assert!(outcome.is_err(), "the connection still open after the grace period is closed");
 }

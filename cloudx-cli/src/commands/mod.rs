@@ -29,7 +29,10 @@ pub(crate) fn load_config(
 /// `cloudx migrate`.
 pub(crate) async fn migrate(config: CloudxConfig) -> anyhow::Result<()> {
     let db = cloudx_core::db::Database::connect(&config).await?;
-    let report = db.migrate().await.context("migration failed; the database is unchanged")?;
+    let report = db
+        .migrate()
+        .await
+        .context("migration failed (each migration runs in its own transaction: the failed one left nothing behind)")?;
     let location = config.database_target().map(|t| t.display_location()).unwrap_or_default();
     let mut out = String::new();
     if report.applied.is_empty() {

@@ -22,8 +22,12 @@ pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
-    let result = server.run(cloudx_http::shutdown_signal()).await;
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    let result = server
+        .run(async {
+            cloudx_http::shutdown_signal().await;
+            let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+        })
+        .await;
     cx.close().await;
     result.context("the server failed")?;
     tracing::info!("stopped");

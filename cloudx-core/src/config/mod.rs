@@ -173,13 +173,22 @@ pub enum SqliteSynchronous {
     Full,
 }
 
-/// Which SQL database a configuration points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which SQL database a configuration points at. `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseTarget {
     /// A SQLite file.
     Sqlite(PathBuf),
     /// A Postgres server (the URL as configured).
     Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.debug_tuple("Postgres").field(&self.display_location()).finish(),
+        }
+    }
 }
 
 impl DatabaseTarget {
