@@ -6,9 +6,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cloudx_core::ErrorKind;
 use serde::Serialize;
@@ -142,25 +140,17 @@ impl IntoResponse for ApiError {
 /// The largest error body (from axum's extractors) kept as the `detail` of a 4xx problem.
 const MAX_DETAIL: usize = 1024;
 
-/// Middleware: makes every error response a problem document carrying the request id.
+/// Makes an error response a problem document carrying the request id.
 ///
 /// Error responses produced by cloudx already are problem documents; this adds the request id.
 /// Those produced by axum (404, 405, extractor rejections) or tower-http (413, 408) are
 /// plain text or empty: they are rewritten, keeping the text of 4xx bodies (which describe the
 /// client's mistake) and dropping that of 5xx bodies.
-pub async fn problem_details(request: Request, next: Next) -> Response {
-    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let response = next.run(request).await;
+pub(crate) async fn into_problem(response: Response, request_id: &HeaderValue) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
     let (mut parts, body) = response.into_parts();
     let is_problem = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    let bytes = match axum::body::to_bytes(body, 64 * 1024).await {
-        Ok(bytes) => bytes,
-        Err(_) => axum::body::Bytes::new(),
-    };
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let mut document: serde_json::Value = if is_problem {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({}))
     } else {
@@ -172,8 +162,8 @@ pub async fn problem_details(request: Request, next: Next) -> Response {
         };
         serde_json::to_value(Problem::new(status, code_for_status(status), detail)).unwrap_or_default()
     };
-    if let (Some(id), Some(map)) = (request_id, document.as_object_mut()) {
-        map.insert("request_id".into(), serde_json::Value::String(id));
+    if let (Ok(id), Some(map)) = (request_id.to_str(), document.as_object_mut()) {
+        map.insert("request_id".into(), serde_json::Value::String(id.to_owned()));
     }
     let body = serde_json::to_vec(&document).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -22,11 +22,13 @@ pub use crate::state::AppState;
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = routes::api().split_for_parts();
     let openapi = openapi_document(openapi);
-    let router = router
+    let http = state.cx.config().http.clone();
+    let routes = router
         .route("/api/v1/openapi.json", get(move || std::future::ready(axum::Json(openapi.clone()))))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
-        .fallback(fallback);
-    middleware::apply(router, &state.cx.config().http).with_state(state)
+        .fallback(fallback)
+        .with_state(state);
+    middleware::apply(routes, &http)
 }
 
 /// Every route of the API with its OpenAPI description (for tools and tests).

@@ -6,7 +6,10 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use std::borrow::Cow;
+
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -39,6 +42,18 @@ impl Metrics {
                     .expect("static, non-empty buckets")
                     .build_recorder();
                 let handle = recorder.handle();
+                // Histogram samples are buffered until "upkeep" folds them in; without a scrape
+                // they would pile up, so fold them in every few seconds.
+                let upkeep = handle.clone();
+                let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are folded in at each scrape only");
+                }
                 if metrics::set_global_recorder(recorder).is_err() {
                     tracing::warn!(
                         "a metrics recorder was already installed; /metrics shows only what reaches this one"
@@ -84,33 +99,51 @@ pub async fn label_route(request: Request, next: Next) -> Response {
     response
 }
 
-struct InFlight(metrics::Gauge);
+/// The measurements of one request: in flight from `start` until `finish` (or drop, when the
+/// request is abandoned mid-way by a client that went away or by shutdown).
+pub(crate) struct RequestMetrics {
+    start: Instant,
+    method: &'static str,
+    in_flight: metrics::Gauge,
+}
 
-impl InFlight {
-    fn enter() -> Self {
-        let gauge = metrics::gauge!("http_requests_in_flight");
-        gauge.increment(1.0);
-        Self(gauge)
+impl RequestMetrics {
+    pub(crate) fn start(method: &Method) -> Self {
+        let in_flight = metrics::gauge!("http_requests_in_flight");
+        in_flight.increment(1.0);
+        Self { start: Instant::now(), method: method_label(method), in_flight }
+    }
+
+    /// Records count and latency by route template (never the raw path, which would make one
+    /// series per file name).
+    pub(crate) fn finish(self, response: &Response) {
+        let route = response.extensions().get::<RouteLabel>().map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+        let labels = [
+            ("method", Cow::Borrowed(self.method)),
+            ("route", Cow::Owned(route)),
+            ("status", Cow::Owned(response.status().as_str().to_owned())),
+        ];
+        metrics::counter!("http_requests_total", &labels).increment(1);
+        metrics::histogram!("http_request_duration_seconds", &labels).record(self.start.elapsed().as_secs_f64());
     }
 }
 
-impl Drop for InFlight {
+impl Drop for RequestMetrics {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.in_flight.decrement(1.0);
     }
 }
 
-/// Outer middleware: counts requests in flight and records count and latency by route template
-/// (never the raw path, which would make one series per file name).
-pub async fn track(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = request.method().as_str().to_owned();
-    // A guard, so a request dropped mid-way (client gone, shutdown) is still counted out.
-    let _in_flight = InFlight::enter();
-    let response = next.run(request).await;
-    let route = response.extensions().get::<RouteLabel>().map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
-    let labels = [("method", method), ("route", route), ("status", response.status().as_str().to_owned())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-    response
+/// A static label for the method (no allocation for the common ones).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
