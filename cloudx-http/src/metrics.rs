@@ -6,7 +6,9 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, PoisonError, RwLock};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
@@ -86,12 +88,12 @@ impl Metrics {
 }
 
 /// The route template a request matched, carried from the router to the outer middleware.
-#[derive(Clone)]
-struct RouteLabel(String);
+#[derive(Clone, Copy)]
+struct RouteLabel(&'static str);
 
 /// Inner middleware (a route layer): records which route template matched.
 pub async fn label_route(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map(|m| intern(m.as_str()));
     let mut response = next.run(request).await;
     if let Some(route) = route {
         response.extensions_mut().insert(RouteLabel(route));
@@ -99,38 +101,72 @@ pub async fn label_route(request: Request, next: Next) -> Response {
     response
 }
 
+/// The route templates seen so far. They come from the router, so the set is small and fixed:
+/// keeping each one for the life of the process costs a few bytes and saves an allocation per
+/// request.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    if let Some(known) = ROUTES.read().unwrap_or_else(PoisonError::into_inner).get(route) {
+        return known;
+    }
+    let mut routes = ROUTES.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = routes.get(route) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(route.into());
+    routes.insert(leaked);
+    leaked
+}
+
+/// The handles of one series: requests counted and their latencies.
+type Series = (metrics::Counter, metrics::Histogram);
+
+thread_local! {
+    /// Each thread's handles by (method, route, status), so a request costs no registry lookup
+    /// (which would build and hash a key with three labels). Handles share the registry's
+    /// atomics, so the per-thread copies all count into one series.
+    static SERIES: RefCell<HashMap<(&'static str, &'static str, u16), Series>> = RefCell::new(HashMap::new());
+    static IN_FLIGHT: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
+}
+
 /// The measurements of one request: in flight from `start` until `finish` (or drop, when the
 /// request is abandoned mid-way by a client that went away or by shutdown).
 pub(crate) struct RequestMetrics {
     start: Instant,
     method: &'static str,
-    in_flight: metrics::Gauge,
 }
 
 impl RequestMetrics {
     pub(crate) fn start(method: &Method) -> Self {
-        let in_flight = metrics::gauge!("http_requests_in_flight");
-        in_flight.increment(1.0);
-        Self { start: Instant::now(), method: method_label(method), in_flight }
+        IN_FLIGHT.with(|g| g.increment(1.0));
+        Self { start: Instant::now(), method: method_label(method) }
     }
 
     /// Records count and latency by route template (never the raw path, which would make one
     /// series per file name).
     pub(crate) fn finish(self, response: &Response) {
-        let route = response.extensions().get::<RouteLabel>().map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
-        let labels = [
-            ("method", Cow::Borrowed(self.method)),
-            ("route", Cow::Owned(route)),
-            ("status", Cow::Owned(response.status().as_str().to_owned())),
-        ];
-        metrics::counter!("http_requests_total", &labels).increment(1);
-        metrics::histogram!("http_request_duration_seconds", &labels).record(self.start.elapsed().as_secs_f64());
+        let route = response.extensions().get::<RouteLabel>().map_or("unmatched", |r| r.0);
+        let status = response.status().as_u16();
+        let elapsed = self.start.elapsed().as_secs_f64();
+        SERIES.with_borrow_mut(|series| {
+            let (count, latency) = series.entry((self.method, route, status)).or_insert_with(|| {
+                let labels =
+                    [("method", self.method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+                (
+                    metrics::counter!("http_requests_total", &labels),
+                    metrics::histogram!("http_request_duration_seconds", &labels),
+                )
+            });
+            count.increment(1);
+            latency.record(elapsed);
+        });
     }
 }
 
 impl Drop for RequestMetrics {
     fn drop(&mut self) {
-        self.in_flight.decrement(1.0);
+        // A request may finish on another thread than it started on: the gauge is shared.
+        IN_FLIGHT.with(|g| g.decrement(1.0));
     }
 }
 

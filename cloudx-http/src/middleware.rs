@@ -17,7 +17,6 @@ use cloudx_core::ErrorKind;
 use cloudx_core::config::HttpConfig;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument as _;
 
 use crate::error::ApiError;
@@ -36,14 +35,13 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
 ];
 
 /// Wraps the routes in the stack. A request passes, outermost first: [`edge`] (request id, log
-/// span, metrics, declared body size, problem documents, security headers), CORS, the request
-/// timeout, and the body size limit of axum's extractors.
+/// span, metrics, declared body size, request timeout, problem documents, security headers),
+/// CORS, and the body size limit of axum's extractors.
 pub(crate) fn apply(routes: Router, http: &HttpConfig) -> Router {
     let max_body = usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX);
     let stack = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(BodyLimit(max_body as u64), edge))
+        .layer(axum::middleware::from_fn_with_state(Limits { body: max_body as u64, time: http.request_timeout }, edge))
         .option_layer(cors(http))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
         // Bodies being read: axum's extractors stop at the limit (413).
         .layer(DefaultBodyLimit::max(max_body))
         .service(routes);
@@ -58,9 +56,10 @@ pub(crate) fn apply(routes: Router, http: &HttpConfig) -> Router {
 /// - Metrics: in flight, count and latency by route template.
 /// - A body declared (`Content-Length`) larger than `http.max_body_size` is refused with 413
 ///   before anything reads it.
+/// - A request taking longer than `http.request_timeout` is dropped and answered with 408.
 /// - Error responses become problem documents with the request id.
 /// - Security headers.
-async fn edge(State(limit): State<BodyLimit>, mut request: Request, next: Next) -> Response {
+async fn edge(State(limits): State<Limits>, mut request: Request, next: Next) -> Response {
     let id = match request.headers().get(&REQUEST_ID) {
         Some(id) if usable_request_id(id) => id.clone(),
         _ => {
@@ -79,12 +78,19 @@ async fn edge(State(limit): State<BodyLimit>, mut request: Request, next: Next) 
     let metrics = RequestMetrics::start(request.method());
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut response = match declared {
-        Some(length) if length > limit.0 => ApiError::new(
+        Some(length) if length > limits.body => ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("the request body is {length} bytes; this server accepts at most {} (http.max_body_size)", limit.0),
+            format!(
+                "the request body is {length} bytes; this server accepts at most {} (http.max_body_size)",
+                limits.body
+            ),
         )
         .into_response(),
-        _ => next.run(request).instrument(span.clone()).await,
+        // `timeout` arms its timer only if the request is not answered on the first poll.
+        _ => match tokio::time::timeout(limits.time, next.run(request).instrument(span.clone())).await {
+            Ok(response) => response,
+            Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+        },
     };
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
@@ -93,6 +99,8 @@ async fn edge(State(limit): State<BodyLimit>, mut request: Request, next: Next) 
     metrics.finish(&response);
     span.in_scope(|| tracing::debug!(status = status.as_u16(), "answered"));
     let headers = response.headers_mut();
+    // Room for what follows at once, rather than growing the map (and rehashing) on the way.
+    headers.reserve(SECURITY_HEADERS.len() + 1);
     for (name, value) in SECURITY_HEADERS {
         if !headers.contains_key(&name) {
             headers.insert(name, HeaderValue::from_static(value));
@@ -102,9 +110,12 @@ async fn edge(State(limit): State<BodyLimit>, mut request: Request, next: Next) 
     response
 }
 
-/// The configured largest request body, in bytes.
+/// The configured largest request body (bytes) and longest request.
 #[derive(Debug, Clone, Copy)]
-struct BodyLimit(u64);
+struct Limits {
+    body: u64,
+    time: Duration,
+}
 
 fn usable_request_id(id: &HeaderValue) -> bool {
     !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
@@ -172,7 +183,27 @@ fn cors(http: &HttpConfig) -> Option<CorsLayer> {
 mod tests {
     use std::collections::HashSet;
 
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
     use super::*;
+
+    #[tokio::test]
+    async fn slow_requests_get_408_as_a_problem_document() {
+        let mut http = HttpConfig::default();
+        http.request_timeout = Duration::from_millis(50);
+        let routes = Router::new().route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }));
+        let app = apply(routes, &http);
+        let response = app.oneshot(axum::http::Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "request_timeout");
+        assert_eq!(problem["request_id"].as_str().map(str::len), Some(36));
+    }
 
     #[test]
     fn request_ids_are_unique_uuids() {
