@@ -87,7 +87,14 @@ def stop(proc):
     proc.wait(timeout=30)
 
 
-def wrk(port, duration, connections):
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port, duration, connections, pid=None):
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}/healthz"], check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -95,7 +102,9 @@ def wrk(port, duration, connections):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"wrk saw {errors.group(1)} error responses")
-    return rps, f"{p99.group(1)}{p99.group(2)}"
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests if pid else 0.0
+    return rps, f"{p99.group(1)}{p99.group(2)}", cpu_us
 
 
 def main():
@@ -126,23 +135,26 @@ def main():
         wrk(bare_port, 2, args.connections)
         cx_runs, bare_runs = [], []
         for _ in range(args.rounds):
-            cx_runs.append(wrk(cx_port, args.duration, args.connections))
-            bare_runs.append(wrk(bare_port, args.duration, args.connections))
+            cx_runs.append(wrk(cx_port, args.duration, args.connections, cx.pid))
+            bare_runs.append(wrk(bare_port, args.duration, args.connections, peer.pid))
         loaded_rss = rss_kib(cx.pid) / 1024
         stop(cx)
         stop(peer)
 
-    cx_rps = statistics.median(r for r, _ in cx_runs)
-    bare_rps = statistics.median(r for r, _ in bare_runs)
+    cx_rps = statistics.median(r for r, _, _ in cx_runs)
+    bare_rps = statistics.median(r for r, _, _ in bare_runs)
+    cx_cpu = statistics.median(c for _, _, c in cx_runs)
+    bare_cpu = statistics.median(c for _, _, c in bare_runs)
     print(f"\ncloudx serve, {args.starts} starts on an empty folder:")
     print(f"  ready (spawn to first /healthz 200): median {statistics.median(ready):.1f} ms, max {max(ready):.1f} ms")
     print(f"  idle RSS: median {statistics.median(idle):.1f} MiB, max {max(idle):.1f} MiB")
     print(f"\n/healthz, wrk -t2 -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds:")
-    print("| server | requests/s (median) | runs | p99 per run |")
-    print("|---|---|---|---|")
-    print(f"| cloudx serve | {cx_rps:,.0f} | {', '.join(f'{r:,.0f}' for r, _ in cx_runs)} | {', '.join(p for _, p in cx_runs)} |")
-    print(f"| bare axum | {bare_rps:,.0f} | {', '.join(f'{r:,.0f}' for r, _ in bare_runs)} | {', '.join(p for _, p in bare_runs)} |")
-    print(f"\nratio cloudx / bare axum: {cx_rps / bare_rps:.2f}; cloudx RSS after the load: {loaded_rss:.1f} MiB")
+    print("| server | requests/s (median) | server CPU µs/request (median) | runs (req/s) | p99 per run |")
+    print("|---|---|---|---|---|")
+    for name, rps, cpu, runs in (("cloudx serve", cx_rps, cx_cpu, cx_runs), ("bare axum", bare_rps, bare_cpu, bare_runs)):
+        print(f"| {name} | {rps:,.0f} | {cpu:.1f} | {', '.join(f'{r:,.0f}' for r, _, _ in runs)} | {', '.join(p for _, p, _ in runs)} |")
+    print(f"\nthroughput ratio cloudx / bare axum: {cx_rps / bare_rps:.2f}; CPU per request ratio: {cx_cpu / bare_cpu:.2f}")
+    print(f"cloudx RSS after the load: {loaded_rss:.1f} MiB")
 
 
 if __name__ == "__main__":
