@@ -104,6 +104,13 @@ impl ApiError {
         Self { status, problem: Problem::new(status, kind.code(), detail) }
     }
 
+    /// Replaces the stable code (for failures that are not one of the core's kinds).
+    #[must_use]
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.problem.code = code.to_owned();
+        self
+    }
+
     /// Adds an extra member to the problem document.
     #[must_use]
     pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
@@ -114,13 +121,23 @@ impl ApiError {
 
 impl From<cloudx_core::Error> for ApiError {
     fn from(err: cloudx_core::Error) -> Self {
-        if err.kind() == ErrorKind::Internal {
-            // The chain may name files, queries or hosts: log it, send nothing of it.
-            tracing::error!(error = %err, source = ?std::error::Error::source(&err), "internal error");
-            return Self::new(
-                ErrorKind::Internal,
-                "an internal error occurred; the server log has the details under this request id",
-            );
+        // The message of these may name files, queries or hosts: log it, send nothing of it.
+        match err.kind() {
+            ErrorKind::Internal => {
+                tracing::error!(error = %err, source = ?std::error::Error::source(&err), "internal error");
+                return Self::new(
+                    ErrorKind::Internal,
+                    "an internal error occurred; the server log has the details under this request id",
+                );
+            }
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "dependency unavailable");
+                return Self::new(
+                    ErrorKind::Unavailable,
+                    "a service cloudx depends on is unavailable; try again later (the server log has the details under this request id)",
+                );
+            }
+            _ => {}
         }
         Self::new(err.kind(), err.message())
     }
@@ -149,10 +166,15 @@ const MAX_DETAIL: usize = 1024;
 pub(crate) async fn into_problem(response: Response, request_id: &HeaderValue) -> Response {
     let status = response.status();
     let (mut parts, body) = response.into_parts();
-    let is_problem = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    let is_problem = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(PROBLEM_JSON)));
     let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
-    let mut document: serde_json::Value = if is_problem {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({}))
+    let parsed = is_problem.then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok()).flatten();
+    let mut document: serde_json::Value = if let Some(problem) = parsed.filter(serde_json::Value::is_object) {
+        problem
     } else {
         let detail = match std::str::from_utf8(&bytes) {
             Ok(text) if status.is_client_error() && !text.trim().is_empty() && text.len() <= MAX_DETAIL => {
@@ -167,7 +189,10 @@ pub(crate) async fn into_problem(response: Response, request_id: &HeaderValue) -
     }
     let body = serde_json::to_vec(&document).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    parts.headers.remove(header::CONTENT_LENGTH);
+    // The new body replaces the old representation entirely.
+    for stale in [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::ETAG, header::CONTENT_DISPOSITION] {
+        parts.headers.remove(stale);
+    }
     Response::from_parts(parts, Body::from(body))
 }
 

@@ -126,8 +126,13 @@ thread_local! {
     /// (which would build and hash a key with three labels). Handles share the registry's
     /// atomics, so the per-thread copies all count into one series.
     static SERIES: RefCell<HashMap<(&'static str, &'static str, u16), Series>> = RefCell::new(HashMap::new());
-    static IN_FLIGHT: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
 }
+
+/// Requests being answered now; one handle for the process, made after the recorder exists.
+static IN_FLIGHT: LazyLock<metrics::Gauge> = LazyLock::new(|| {
+    let _ = Metrics::global();
+    metrics::gauge!("http_requests_in_flight")
+});
 
 /// The measurements of one request: in flight from `start` until `finish` (or drop, when the
 /// request is abandoned mid-way by a client that went away or by shutdown).
@@ -138,7 +143,7 @@ pub(crate) struct RequestMetrics {
 
 impl RequestMetrics {
     pub(crate) fn start(method: &Method) -> Self {
-        IN_FLIGHT.with(|g| g.increment(1.0));
+        IN_FLIGHT.increment(1.0);
         Self { start: Instant::now(), method: method_label(method) }
     }
 
@@ -150,6 +155,7 @@ impl RequestMetrics {
         let elapsed = self.start.elapsed().as_secs_f64();
         SERIES.with_borrow_mut(|series| {
             let (count, latency) = series.entry((self.method, route, status)).or_insert_with(|| {
+                let _ = Metrics::global();
                 let labels =
                     [("method", self.method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
                 (
@@ -165,8 +171,7 @@ impl RequestMetrics {
 
 impl Drop for RequestMetrics {
     fn drop(&mut self) {
-        // A request may finish on another thread than it started on: the gauge is shared.
-        IN_FLIGHT.with(|g| g.decrement(1.0));
+        IN_FLIGHT.decrement(1.0);
     }
 }
 

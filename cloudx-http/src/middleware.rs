@@ -16,6 +16,7 @@ use axum::response::{IntoResponse as _, Response};
 use cloudx_core::ErrorKind;
 use cloudx_core::config::HttpConfig;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument as _;
 
@@ -34,14 +35,21 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
-/// Wraps the routes in the stack. A request passes, outermost first: [`edge`] (request id, log
-/// span, metrics, declared body size, request timeout, problem documents, security headers),
-/// CORS, and the body size limit of axum's extractors.
+/// Wraps the routes in the stack. A request passes, outermost first: CORS, [`edge`] (request id,
+/// log span, metrics, declared body size, request timeout, problem documents, security headers),
+/// a panic guard, and the body size limit of axum's extractors.
 pub(crate) fn apply(routes: Router, http: &HttpConfig) -> Router {
     let max_body = usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX);
     let stack = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(Limits { body: max_body as u64, time: http.request_timeout }, edge))
+        // Outermost, so that every answer, errors included, carries the CORS headers a browser
+        // needs to read it.
         .option_layer(cors(http))
+        .layer(axum::middleware::from_fn_with_state(Limits { body: max_body as u64, time: http.request_timeout }, edge))
+        // A handler that panics gets a 500 problem document with its request id, not a reset.
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a handler panicked");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }))
         // Bodies being read: axum's extractors stop at the limit (413).
         .layer(DefaultBodyLimit::max(max_body))
         .service(routes);
@@ -56,7 +64,8 @@ pub(crate) fn apply(routes: Router, http: &HttpConfig) -> Router {
 /// - Metrics: in flight, count and latency by route template.
 /// - A body declared (`Content-Length`) larger than `http.max_body_size` is refused with 413
 ///   before anything reads it.
-/// - A request taking longer than `http.request_timeout` is dropped and answered with 408.
+/// - A request taking longer than `http.request_timeout` is dropped and answered with 503
+///   (code `request_timeout`).
 /// - Error responses become problem documents with the request id.
 /// - Security headers.
 async fn edge(State(limits): State<Limits>, mut request: Request, next: Next) -> Response {
@@ -89,7 +98,9 @@ async fn edge(State(limits): State<Limits>, mut request: Request, next: Next) ->
         // `timeout` arms its timer only if the request is not answered on the first poll.
         _ => match tokio::time::timeout(limits.time, next.run(request).instrument(span.clone())).await {
             Ok(response) => response,
-            Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+            // Not 408, which tells the client that *its* request arrived too slowly and invites
+            // a retry: the server gave up on a request it had received.
+            Err(_) => request_timeout(limits.time),
         },
     };
     let status = response.status();
@@ -108,6 +119,21 @@ async fn edge(State(limits): State<Limits>, mut request: Request, next: Next) ->
     }
     headers.insert(REQUEST_ID, id);
     response
+}
+
+fn request_timeout(limit: Duration) -> Response {
+    let mut response = ApiError::new(
+        ErrorKind::Unavailable,
+        format!("the request took longer than this server allows ({}; http.request_timeout)", humantime_secs(limit)),
+    )
+    .with_code("request_timeout")
+    .into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64()).replace(".000s", "s")
 }
 
 /// The configured largest request body (bytes) and longest request.
@@ -190,19 +216,39 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn slow_requests_get_408_as_a_problem_document() {
+    async fn slow_requests_get_503_as_a_problem_document() {
         let mut http = HttpConfig::default();
         http.request_timeout = Duration::from_millis(50);
         let routes = Router::new().route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }));
         let app = apply(routes, &http);
         let response = app.oneshot(axum::http::Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(problem["code"], "request_timeout");
         assert_eq!(problem["request_id"].as_str().map(str::len), Some(36));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_problem_document() {
+        let routes = Router::new().route(
+            "/boom",
+            get(|| async {
+                panic!("boom");
+                #[allow(unreachable_code)]
+                ()
+            }),
+        );
+        let app = apply(routes, &HttpConfig::default());
+        let response = app.oneshot(axum::http::Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "internal");
+        assert!(!problem["detail"].as_str().unwrap().contains("boom"), "the panic message is not sent");
     }
 
     #[test]

@@ -142,7 +142,9 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(usize::try_from(config.max_header_size.as_u64()).unwrap_or(usize::MAX).max(8192));
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
+    // No `with_upgrades()` yet: an upgraded connection would leave this task, escaping the
+    // connection cap and the shutdown drain. WebSockets will arrive with their own tracking.
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return log_connection_end(result),
