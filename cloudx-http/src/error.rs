@@ -160,7 +160,7 @@ const MAX_DETAIL: usize = 1024;
 /// Makes an error response a problem document carrying the request id.
 ///
 /// Error responses produced by cloudx already are problem documents; this adds the request id.
-/// Those produced by axum (404, 405, extractor rejections) or tower-http (413, 408) are
+/// Those produced by axum (404, 405, 413, extractor rejections) or by a panic guard (500) are
 /// plain text or empty: they are rewritten, keeping the text of 4xx bodies (which describe the
 /// client's mistake) and dropping that of 5xx bodies.
 pub(crate) async fn into_problem(response: Response, request_id: &HeaderValue) -> Response {
@@ -200,7 +200,6 @@ fn default_detail(status: StatusCode) -> String {
     match status {
         StatusCode::NOT_FOUND => "no such resource".into(),
         StatusCode::METHOD_NOT_ALLOWED => "this resource does not support that method".into(),
-        StatusCode::REQUEST_TIMEOUT => "the request took longer than the server allows (http.request_timeout)".into(),
         StatusCode::PAYLOAD_TOO_LARGE => {
             "the request body is larger than the server accepts (http.max_body_size)".into()
         }
