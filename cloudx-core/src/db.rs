@@ -270,7 +270,8 @@ impl Database {
 }
 
 fn unavailable(context: &str, err: sqlx::Error) -> Error {
-    Error::new(ErrorKind::Unavailable, format!("{context}: {err}")).with_source(err)
+    // The cause is in the message already; as a `source` too it would be printed twice.
+    Error::new(ErrorKind::Unavailable, format!("{context}: {err}"))
 }
 
 /// Maps a failed query: connectivity problems are `Unavailable`, anything else `Internal`.

@@ -9,9 +9,11 @@ use crate::error::{Error, ErrorKind, Result};
 /// Creates `path` and its parents; new folders are private to the owner (0700) because the data
 /// folder holds secrets. An existing folder is left as it is.
 pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| {
-        Error::new(ErrorKind::Unavailable, format!("cannot create the folder {}: {e}", path.display())).with_source(e)
-    })
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the folder {}: {e}", path.display())))
 }
 
 /// Reads the secret stored at `path`, or creates it from `generate` with mode 0600.
@@ -20,7 +22,7 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
 /// secret: the loser of the race reads the winner's file.
 pub(crate) fn read_or_create_secret(path: &Path, generate: impl FnOnce() -> Result<String>) -> Result<String> {
     let io_error = |what: &str, e: std::io::Error| {
-        Error::new(ErrorKind::Unavailable, format!("cannot {what} {}: {e}", path.display())).with_source(e)
+        Error::new(ErrorKind::Unavailable, format!("cannot {what} {}: {e}", path.display()))
     };
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(mut file) => {
