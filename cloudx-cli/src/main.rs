@@ -72,8 +72,9 @@ fn init_logging(profile: Profile, default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match profile {
-        Profile::Prod => builder.json().flatten_event(true).with_current_span(true).init(),
-        _ => builder.init(),
+        // Lines logged while serving a request end with its id (cloudx_http::logging).
+        Profile::Prod => builder.json().event_format(cloudx_http::logging::json()).init(),
+        _ => builder.event_format(cloudx_http::logging::text()).init(),
     }
 }
 

@@ -32,9 +32,13 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_logging_to(dir, extra_env, Stdio::null())
+    }
+
+    fn start_logging_to(dir: &Path, extra_env: &[(&str, &str)], log: impl Into<Stdio>) -> Self {
         let mut cmd = cloudx(dir);
         cmd.args(["serve", "--bind", "127.0.0.1:0"]).envs(extra_env.iter().copied());
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first_line = lines.next().expect("serve prints where it listens").unwrap();
         let addr = first_line.rsplit("http://").next().unwrap().trim().to_owned();
@@ -88,6 +92,33 @@ async fn serve_on_an_empty_folder_starts_embedded_and_stops_on_sigterm() {
     assert!(dir.path().join("cloudx-data/jwt-secret").is_file());
     serve.signal("TERM");
     assert!(serve.wait(Duration::from_secs(10)).success(), "SIGTERM exits 0");
+}
+
+#[tokio::test]
+async fn prod_logs_are_json_lines_carrying_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let env = [
+        ("CLOUDX_PROFILE", "prod"),
+        ("CLOUDX_AUTH__JWT_SECRET", "0123456789abcdef0123456789abcdef-test-only"),
+        ("RUST_LOG", "info,cloudx_http=debug"),
+    ];
+    let serve = Serve::start_logging_to(dir.path(), &env, std::fs::File::create(&log_path).unwrap());
+    let client = reqwest::Client::new();
+    let health = client.get(serve.url("/healthz")).header("x-request-id", "trace-me-42").send().await.unwrap();
+    assert_eq!(health.headers()["x-request-id"], "trace-me-42");
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let answered = lines
+        .iter()
+        .find(|l| l["message"] == "answered")
+        .unwrap_or_else(|| panic!("no line for the request in:\n{log}"));
+    assert_eq!(answered["request_id"], "trace-me-42");
+    assert_eq!(answered["status"], 200);
+    assert!(lines.iter().filter(|l| l["message"] != "answered").all(|l| l.get("request_id").is_none()));
 }
 
 #[tokio::test]

@@ -3,18 +3,22 @@
 //! Metrics are recorded through the `metrics` facade, so cloudx-core can emit its own (queue
 //! depth, job durations) without knowing about Prometheus.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
-use std::sync::{LazyLock, PoisonError, RwLock};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rustc_hash::FxHashMap;
 
 /// Latency buckets (seconds) for request durations: 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] =
@@ -83,6 +87,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, process metrics refreshed.
     pub fn render(&self) -> String {
         self.process.collect();
+        #[allow(clippy::cast_precision_loss)] // far below 2^53
+        metrics::gauge!("http_requests_in_flight").set(in_flight() as f64);
         self.handle.render()
     }
 }
@@ -91,20 +97,89 @@ impl Metrics {
 #[derive(Clone, Copy)]
 struct RouteLabel(&'static str);
 
-/// Inner middleware (a route layer): records which route template matched.
-pub async fn label_route(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|m| intern(m.as_str()));
-    let mut response = next.run(request).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(RouteLabel(route));
+/// A route layer that records which route template matched, for the metrics of the edge.
+///
+/// Hand-written rather than `axum::middleware::from_fn`, which clones and boxes the route and
+/// boxes a future per request.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelRoute;
+
+impl<S> tower::Layer<S> for LabelRoute {
+    type Service = LabelRouteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LabelRouteService { inner }
     }
-    response
+}
+
+/// The service of [`LabelRoute`].
+#[derive(Debug, Clone)]
+pub struct LabelRouteService<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for LabelRouteService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = LabelRouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().map(|m| intern(m.as_str()));
+        LabelRouteFuture { inner: self.inner.call(request), route }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`LabelRouteService`].
+    pub struct LabelRouteFuture<F> {
+        #[pin]
+        inner: F,
+        route: Option<&'static str>,
+    }
+}
+
+impl<F, E> Future for LabelRouteFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(route) = *this.route {
+            response.extensions_mut().insert(RouteLabel(route));
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The route templates seen so far. They come from the router, so the set is small and fixed:
 /// keeping each one for the life of the process costs a few bytes and saves an allocation per
 /// request.
 fn intern(route: &str) -> &'static str {
+    thread_local! {
+        // By the address of the router's own copy of the template (the same for every request
+        // to a route), checked against the text in case a dropped router's memory was reused.
+        static SEEN: RefCell<FxHashMap<usize, &'static str>> = RefCell::default();
+    }
+    let key = route.as_ptr() as usize;
+    if let Some(known) = SEEN.with_borrow(|seen| seen.get(&key).copied()).filter(|known| *known == route) {
+        return known;
+    }
+    let interned = intern_shared(route);
+    SEEN.with_borrow_mut(|seen| seen.insert(key, interned));
+    interned
+}
+
+fn intern_shared(route: &str) -> &'static str {
     static ROUTES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
     if let Some(known) = ROUTES.read().unwrap_or_else(PoisonError::into_inner).get(route) {
         return known;
@@ -121,18 +196,43 @@ fn intern(route: &str) -> &'static str {
 /// The handles of one series: requests counted and their latencies.
 type Series = (metrics::Counter, metrics::Histogram);
 
+/// A series by its labels; the strings are static and unique per text (method literals and
+/// interned routes), so their addresses identify them and hashing needs no string.
+#[derive(PartialEq, Eq, Hash)]
+struct SeriesKey {
+    method: usize,
+    route: usize,
+    status: u16,
+}
+
 thread_local! {
     /// Each thread's handles by (method, route, status), so a request costs no registry lookup
     /// (which would build and hash a key with three labels). Handles share the registry's
     /// atomics, so the per-thread copies all count into one series.
-    static SERIES: RefCell<HashMap<(&'static str, &'static str, u16), Series>> = RefCell::new(HashMap::new());
+    static SERIES: RefCell<FxHashMap<SeriesKey, Series>> = RefCell::default();
 }
 
-/// Requests being answered now; one handle for the process, made after the recorder exists.
-static IN_FLIGHT: LazyLock<metrics::Gauge> = LazyLock::new(|| {
-    let _ = Metrics::global();
-    metrics::gauge!("http_requests_in_flight")
-});
+/// Requests being answered now, counted per thread so that threads do not contend for one
+/// atomic: a request may start on one thread and end on another, so a thread's count can be
+/// negative, but the sum over threads is the number in flight. `/metrics` reports the sum.
+static IN_FLIGHT: Mutex<Vec<Arc<AtomicI64>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static IN_FLIGHT_HERE: Arc<AtomicI64> = {
+        let here = Arc::new(AtomicI64::new(0));
+        IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner).push(here.clone());
+        here
+    };
+}
+
+fn in_flight_add(delta: i64) {
+    // Only this thread writes its count: a plain load and store, no read-modify-write.
+    IN_FLIGHT_HERE.with(|n| n.store(n.load(Ordering::Relaxed) + delta, Ordering::Relaxed));
+}
+
+fn in_flight() -> i64 {
+    IN_FLIGHT.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|n| n.load(Ordering::Relaxed)).sum()
+}
 
 /// The measurements of one request: in flight from `start` until `finish` (or drop, when the
 /// request is abandoned mid-way by a client that went away or by shutdown).
@@ -143,8 +243,13 @@ pub(crate) struct RequestMetrics {
 
 impl RequestMetrics {
     pub(crate) fn start(method: &Method) -> Self {
-        IN_FLIGHT.increment(1.0);
+        in_flight_add(1);
         Self { start: Instant::now(), method: method_label(method) }
+    }
+
+    /// When the request started.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
     }
 
     /// Records count and latency by route template (never the raw path, which would make one
@@ -153,8 +258,9 @@ impl RequestMetrics {
         let route = response.extensions().get::<RouteLabel>().map_or("unmatched", |r| r.0);
         let status = response.status().as_u16();
         let elapsed = self.start.elapsed().as_secs_f64();
+        let key = SeriesKey { method: self.method.as_ptr() as usize, route: route.as_ptr() as usize, status };
         SERIES.with_borrow_mut(|series| {
-            let (count, latency) = series.entry((self.method, route, status)).or_insert_with(|| {
+            let (count, latency) = series.entry(key).or_insert_with(|| {
                 let _ = Metrics::global();
                 let labels =
                     [("method", self.method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
@@ -171,7 +277,7 @@ impl RequestMetrics {
 
 impl Drop for RequestMetrics {
     fn drop(&mut self) {
-        IN_FLIGHT.decrement(1.0);
+        in_flight_add(-1);
     }
 }
 

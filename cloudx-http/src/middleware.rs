@@ -4,21 +4,28 @@
 //! wraps every route separately and boxes a service clone and a future per layer and request):
 //! that keeps the per-request cost of the stack to a few allocations.
 
+use std::any::Any;
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use cloudx_core::ErrorKind;
 use cloudx_core::config::HttpConfig;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::Instrument as _;
+use futures_util::FutureExt as _;
+use tower::util::{Either, future::EitherResponseFuture};
+use tower::{BoxError, Layer as _, Service};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::error::ApiError;
 use crate::metrics::RequestMetrics;
@@ -35,90 +42,206 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
-/// Wraps the routes in the stack. A request passes, outermost first: CORS, [`edge`] (request id,
-/// log span, metrics, declared body size, request timeout, problem documents, security headers),
-/// a panic guard, and the body size limit of axum's extractors.
-pub(crate) fn apply(routes: Router, http: &HttpConfig) -> Router {
-    let max_body = usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX);
-    let stack = ServiceBuilder::new()
-        // Outermost, so that every answer, errors included, carries the CORS headers a browser
-        // needs to read it.
-        .option_layer(cors(http))
-        .layer(axum::middleware::from_fn_with_state(Limits { body: max_body as u64, time: http.request_timeout }, edge))
-        // A handler that panics gets a 500 problem document with its request id, not a reset.
-        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            tracing::error!("a handler panicked");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }))
-        // Bodies being read: axum's extractors stop at the limit (413).
-        .layer(DefaultBodyLimit::max(max_body))
-        .service(routes);
-    Router::new().fallback_service(stack)
+type Stack = Edge<Router>;
+type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// The daemon as one tower service: the routes inside the middleware stack.
+///
+/// A request passes, outermost first: CORS (when origins are configured), [`Edge`] (request id,
+/// log scope, metrics, body size limits, request timeout, a panic guard, problem documents,
+/// security headers), then the router. The stack is concrete, not `Router::layer` (which wraps
+/// every route separately and boxes a service clone and a future per layer and request): the
+/// whole stack costs one boxed future per request.
+#[derive(Clone)]
+pub struct App(Either<Cors<Stack>, Stack>);
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App")
+    }
 }
 
-/// The cross-cutting work every request gets, in one middleware.
-///
-/// - A request id: the caller's `x-request-id` when it is short and plain (to join logs across
-///   a proxy), a fresh one otherwise; returned in the response and carried by the log span,
-///   so every log line of the request has it.
-/// - Metrics: in flight, count and latency by route template.
-/// - A body declared (`Content-Length`) larger than `http.max_body_size` is refused with 413
-///   before anything reads it.
-/// - A request taking longer than `http.request_timeout` is dropped and answered with 503
-///   (code `request_timeout`).
-/// - Error responses become problem documents with the request id.
-/// - Security headers.
-async fn edge(State(limits): State<Limits>, mut request: Request, next: Next) -> Response {
-    let id = match request.headers().get(&REQUEST_ID) {
-        Some(id) if usable_request_id(id) => id.clone(),
-        _ => {
-            let id = new_request_id();
-            request.headers_mut().insert(REQUEST_ID, id.clone());
-            id
+impl App {
+    /// Wraps `routes` (with their state applied) in the middleware stack configured by `http`.
+    pub fn new(routes: Router, http: &HttpConfig) -> Self {
+        let max_body = usize::try_from(http.max_body_size.as_u64()).unwrap_or(usize::MAX);
+        let edge = Edge {
+            inner: routes,
+            limits: Limits {
+                body: max_body as u64,
+                extractors: DefaultBodyLimit::max(max_body),
+                time: http.request_timeout,
+            },
+        };
+        // CORS outermost, so that every answer, errors included, carries the headers a browser
+        // needs to read it.
+        Self(match cors(http) {
+            Some(cors) => Either::Left(cors.layer(edge)),
+            None => Either::Right(edge),
+        })
+    }
+}
+
+impl<B> Service<axum::http::Request<B>> for App
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EitherResponseFuture<tower_http::cors::ResponseFuture<EdgeFuture>, EdgeFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<axum::http::Request<B>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+/// What a handler that panicked answers: a 500 (made a problem document with the request id).
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    // The payload is not logged: it may hold user data. The line carries the request id.
+    tracing::error!("a handler panicked");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+/// The cross-cutting work every request gets, in one service (see `call` and [`answer`]).
+#[derive(Clone)]
+pub(crate) struct Edge<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S, B> Service<axum::http::Request<B>> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// The synchronous part of the edge: request id, metrics, declared body size, then the
+    /// routes are called at once (this service was polled ready, so no clone of them is needed);
+    /// [`answer`] waits for them.
+    fn call(&mut self, request: axum::http::Request<B>) -> EdgeFuture {
+        let mut request = request.map(Body::new);
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) if usable_request_id(id) => id.clone(),
+            // Handlers learn the id from `logging::current_request_id`, not from the headers.
+            _ => new_request_id(),
+        };
+        let metrics = RequestMetrics::start(request.method());
+        let limits = self.limits;
+        let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(length) = declared.filter(|length| *length > limits.body) {
+            let refused = ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the request body is {length} bytes; this server accepts at most {} (http.max_body_size)",
+                    limits.body
+                ),
+            )
+            .into_response();
+            return Box::pin(answer(
+                id,
+                metrics,
+                limits.time,
+                futures_util::future::Either::<_, S::Future>::Left(ready(Ok(refused))),
+            ));
         }
-    };
-    // The path only: query strings may carry one-time tickets.
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or("-"),
-        method = %request.method(),
-        path = request.uri().path()
-    );
-    let metrics = RequestMetrics::start(request.method());
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut response = match declared {
-        Some(length) if length > limits.body => ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "the request body is {length} bytes; this server accepts at most {} (http.max_body_size)",
-                limits.body
-            ),
-        )
-        .into_response(),
-        // `timeout` arms its timer only if the request is not answered on the first poll.
-        _ => match tokio::time::timeout(limits.time, next.run(request).instrument(span.clone())).await {
-            Ok(response) => response,
+        limits.extractors.apply(&mut request);
+        let routed = self.inner.call(request);
+        Box::pin(answer(
+            id,
+            metrics,
+            limits.time,
+            futures_util::future::Either::<Ready<Result<Response, Infallible>>, _>::Right(routed),
+        ))
+    }
+}
+
+/// The asynchronous part of the edge, every line it logs tagged with the request id:
+///
+/// - the request is given `http.request_timeout` from its start, then dropped and answered
+///   with 503 (code `request_timeout`);
+/// - a handler that panics is answered with 500, not a reset connection;
+/// - error responses become problem documents with the request id;
+/// - count and latency are recorded by route template;
+/// - security headers and `x-request-id` are set on the response.
+async fn answer<F>(id: HeaderValue, metrics: RequestMetrics, limit: Duration, routed: F) -> Result<Response, Infallible>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    let mut response = crate::logging::scope(id.clone(), async {
+        let deadline = metrics.started() + limit;
+        let mut response = match Deadline::new(AssertUnwindSafe(routed).catch_unwind(), deadline).await {
+            Some(Ok(Ok(response))) => response,
+            Some(Err(panic)) => panic_response(panic),
             // Not 408, which tells the client that *its* request arrived too slowly and invites
             // a retry: the server gave up on a request it had received.
-            Err(_) => request_timeout(limits.time),
-        },
-    };
-    let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
-        response = crate::error::into_problem(response, &id).await;
-    }
-    metrics.finish(&response);
-    span.in_scope(|| tracing::debug!(status = status.as_u16(), "answered"));
+            None => request_timeout(limit),
+        };
+        let status = response.status();
+        if status.is_client_error() || status.is_server_error() {
+            // Boxed: the rare path keeps its state out of every request's future.
+            response = Box::pin(crate::error::into_problem(response, &id)).await;
+        }
+        metrics.finish(&response);
+        tracing::debug!(status = status.as_u16(), "answered");
+        response
+    })
+    .await;
     let headers = response.headers_mut();
     // Room for what follows at once, rather than growing the map (and rehashing) on the way.
     headers.reserve(SECURITY_HEADERS.len() + 1);
     for (name, value) in SECURITY_HEADERS {
-        if !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
     }
     headers.insert(REQUEST_ID, id);
-    response
+    Ok(response)
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, or `None` once `deadline` has passed. Unlike `tokio::time::timeout`, it makes
+    /// a timer only when `inner` has to wait, so a request answered at once pays for none.
+    struct Deadline<F> {
+        #[pin]
+        inner: F,
+        deadline: Instant,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F> Deadline<F> {
+    fn new(inner: F, deadline: Instant) -> Self {
+        Self { inner, deadline, timer: None }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))));
+        std::task::ready!(timer.as_mut().poll(cx));
+        Poll::Ready(None)
+    }
 }
 
 fn request_timeout(limit: Duration) -> Response {
@@ -136,10 +259,12 @@ fn humantime_secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64()).replace(".000s", "s")
 }
 
-/// The configured largest request body (bytes) and longest request.
+/// The configured largest request body (bytes, for declared lengths and for axum's extractors)
+/// and longest request.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     body: u64,
+    extractors: DefaultBodyLimit,
     time: Duration,
 }
 
@@ -148,11 +273,20 @@ fn usable_request_id(id: &HeaderValue) -> bool {
 }
 
 /// A fresh request id shaped as a UUID (v4 layout): a random per-process seed mixed with a
-/// counter. Unique without a system call per request (`Uuid::new_v4` costs one `getrandom`).
+/// per-thread counter. Unique without a system call per request (`Uuid::new_v4` costs one
+/// `getrandom`) and without a counter shared between threads.
 fn new_request_id() -> HeaderValue {
     static SEED: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        // Each thread counts in its own range of 2^40 ids.
+        static NEXT: Cell<u64> = Cell::new(THREADS.fetch_add(1, Ordering::Relaxed) << 40);
+    }
+    let n = NEXT.with(|next| {
+        let n = next.get();
+        next.set(n.wrapping_add(1));
+        n
+    });
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&SEED.to_le_bytes());
     bytes[8..].copy_from_slice(&splitmix64(*SEED ^ n).to_le_bytes());
@@ -160,7 +294,9 @@ fn new_request_id() -> HeaderValue {
     bytes[..8].iter_mut().zip(n.to_le_bytes()).for_each(|(b, c)| *b ^= c);
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf)).expect("a UUID is a valid header value")
+    uuid.hyphenated().encode_lower(&mut buf);
+    // Shared from the start, so the clones for the log scope and the response cost no copy.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("a UUID is a valid header value")
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -220,7 +356,7 @@ mod tests {
         let mut http = HttpConfig::default();
         http.request_timeout = Duration::from_millis(50);
         let routes = Router::new().route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }));
-        let app = apply(routes, &http);
+        let app = App::new(routes, &http);
         let response = app.oneshot(axum::http::Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::CONNECTION], "close");
@@ -242,7 +378,7 @@ mod tests {
                 ()
             }),
         );
-        let app = apply(routes, &HttpConfig::default());
+        let app = App::new(routes, &HttpConfig::default());
         let response = app.oneshot(axum::http::Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
 use cloudx_core::config::HttpConfig;
 use hyper::body::Incoming;
@@ -22,11 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::App;
+
 /// A bound listener with the router it will serve.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
-    app: Router,
+    app: App,
     config: HttpConfig,
 }
 
@@ -35,7 +36,7 @@ impl Server {
     ///
     /// # Errors
     /// When the address is invalid or cannot be bound; the message says which address and why.
-    pub async fn bind(app: Router, config: &HttpConfig) -> io::Result<Self> {
+    pub async fn bind(app: App, config: &HttpConfig) -> io::Result<Self> {
         let addr = config
             .bind_addr()
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, format!("http.bind: {why}")))?;
@@ -126,7 +127,7 @@ enum Phase {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    app: App,
     config: &HttpConfig,
     close: &mut watch::Receiver<Phase>,
 ) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use cloudx_core::Cloudx;
 use cloudx_core::config::ConfigLoader;
-use cloudx_http::{AppState, Server};
+use cloudx_http::{App, AppState, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -33,7 +33,8 @@ impl Daemon {
         vars.extend_from_slice(env);
         let config = ConfigLoader::new().env(vars).load().unwrap();
         let cx = Cloudx::connect(config.clone()).await.unwrap();
-        let server = Server::bind(extra(cloudx_http::app(AppState::new(cx.clone()))), &config.http).await.unwrap();
+        let app = App::new(extra(cloudx_http::router(AppState::new(cx.clone()))), &config.http);
+        let server = Server::bind(app, &config.http).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let done = tokio::spawn(server.run(async move {
