@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::auth::Auth;
 use crate::config::{CloudxConfig, Profile, Secret, jwt_secret_path};
 use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
@@ -35,6 +36,7 @@ struct Inner {
     db: Database,
     instance_id: Uuid,
     jwt_secret: Secret,
+    auth: Auth,
 }
 
 impl Cloudx {
@@ -74,12 +76,18 @@ impl Cloudx {
             tracing::info!(applied = ?report.applied, version = report.version, "database migrated");
         }
         let instance_id = db.instance_id().await?;
-        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret }) })
+        let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes()).await?;
+        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret, auth }) })
     }
 
     /// The configuration this instance was opened with.
     pub fn config(&self) -> &CloudxConfig {
         &self.inner.config
+    }
+
+    /// Accounts, sessions, tokens and the audit log.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
     }
 
     /// The database pool.

@@ -20,6 +20,19 @@
 
 #![deny(missing_docs)]
 
+/// Runs the same code on whichever pool a [`db::Database`] holds. The SQL must suit both
+/// dialects: `$N` placeholders (SQLite numbers them in order of first use, so they must first
+/// appear in ascending order), and types both drivers map alike (UUIDs, `DateTime<Utc>`, bytes).
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite($pool) => $body,
+            $crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+pub mod auth;
 mod cloudx;
 pub mod config;
 pub mod db;

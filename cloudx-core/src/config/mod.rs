@@ -262,14 +262,75 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Who may create an account once the first one (the administrator) exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// Anyone who can reach the daemon.
+    Open,
+    /// Only with a one-time invite code from an administrator.
+    Invite,
+    /// Nobody: administrators add accounts (`cloudx user add`).
+    Closed,
+}
+
 /// The `[auth]` section.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuthConfig {
     /// The HS256 signing secret (at least 32 bytes). Unset in `dev`: generated into
     /// `<data_dir>/jwt-secret` (mode 0600); `prod` requires it.
     pub jwt_secret: Option<Secret>,
+    /// Who may register once the first account exists.
+    pub registration: Registration,
+    /// The `iss` claim of access tokens, checked on every token.
+    pub issuer: String,
+    /// The `aud` claim of access tokens, checked on every token.
+    pub audience: String,
+    /// How long an access token is valid.
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// How long a session (its chain of refresh tokens) lasts after login.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// How long after a refresh the same refresh token may be presented again (a client that
+    /// lost the reply) and get the same answer, instead of revoking the session as a reuse.
+    #[serde(with = "humantime_serde")]
+    pub refresh_reuse_grace: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The shortest password accepted, in characters.
+    pub password_min_length: u32,
+    /// argon2id memory cost in KiB (at least 19456, the OWASP minimum).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (at least 2).
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (each uses `argon2_memory_kib`); 0 means one per core.
+    pub hash_concurrency: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            registration: Registration::Invite,
+            issuer: "cloudx".into(),
+            audience: "cloudx".into(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
+            leeway: Duration::from_secs(5),
+            password_min_length: 8,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            hash_concurrency: 0,
+        }
+    }
 }
 
 /// The `[http]` section.
@@ -412,6 +473,52 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
                 secret.expose().len()
             ),
         ));
+    }
+    let auth = &config.auth;
+    if auth.argon2_memory_kib < 19_456 {
+        problems.push(value_problem(
+            "auth.argon2_memory_kib",
+            &auth.argon2_memory_kib,
+            "must be at least 19456 (the OWASP minimum for argon2id)".into(),
+        ));
+    }
+    if auth.argon2_iterations < 2 {
+        problems.push(value_problem("auth.argon2_iterations", &auth.argon2_iterations, "must be at least 2".into()));
+    }
+    if !(1..=16).contains(&auth.argon2_parallelism) {
+        problems.push(value_problem("auth.argon2_parallelism", &auth.argon2_parallelism, "must be 1 to 16".into()));
+    }
+    if !(1..=1024).contains(&auth.password_min_length) {
+        problems.push(value_problem(
+            "auth.password_min_length",
+            &auth.password_min_length,
+            "must be 1 to 1024 (the longest password accepted is 1024 bytes)".into(),
+        ));
+    }
+    for (key, value, min, max) in [
+        ("auth.access_token_ttl", auth.access_token_ttl, Duration::from_secs(10), Duration::from_secs(24 * 3600)),
+        ("auth.session_ttl", auth.session_ttl, Duration::from_secs(60), Duration::from_secs(400 * 24 * 3600)),
+        ("auth.refresh_reuse_grace", auth.refresh_reuse_grace, Duration::ZERO, Duration::from_secs(300)),
+        ("auth.leeway", auth.leeway, Duration::ZERO, Duration::from_secs(300)),
+    ] {
+        if value < min || value > max {
+            problems.push(value_problem(
+                key,
+                &humantime::format_duration(value),
+                format!("must be {} to {}", humantime::format_duration(min), humantime::format_duration(max)),
+            ));
+        }
+    }
+    if auth.access_token_ttl >= auth.session_ttl {
+        problems.push(ConfigProblem::new(
+            "auth.access_token_ttl",
+            "must be shorter than auth.session_ttl (access tokens are renewed within a session)",
+        ));
+    }
+    for (key, value) in [("auth.issuer", &auth.issuer), ("auth.audience", &auth.audience)] {
+        if value.trim().is_empty() {
+            problems.push(value_problem(key, value, "must not be empty".into()));
+        }
     }
     if let Err(why) = config.http.bind_addr() {
         problems.push(ConfigProblem::new("http.bind", why));

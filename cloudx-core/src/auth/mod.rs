@@ -1,0 +1,910 @@
+//! The `Auth` port: accounts, password login, access tokens with rotating refresh tokens,
+//! sessions, and the audit log, on SQLite or Postgres.
+//!
+//! Every decision is made here, so the daemon, the CLI and the Python extension are equally
+//! safe: calls that act on someone's data take the acting [`Principal`].
+//!
+//! Sessions follow the strictest of the usual designs (GoTrue's rotation with reuse detection,
+//! PocketBase's revocation on password change):
+//!
+//! - a login opens a session: a family of opaque refresh tokens, of which only SHA-256 digests
+//!   are stored;
+//! - each refresh replaces the token with its successor, once: the replacement is a single
+//!   conditional `UPDATE`, so two concurrent refreshes of one token cannot both win and fork
+//!   the family;
+//! - presenting a replaced token again within `auth.refresh_reuse_grace` returns the same
+//!   successor (a client that lost the reply); after it, that is a reuse: the whole session is
+//!   revoked and the event audited;
+//! - logout, a password change (for the user's other sessions), disabling or deleting a user
+//!   revoke sessions, and their access tokens stop working at once: every access-token check
+//!   consults an in-memory revocation set that these calls update.
+
+pub mod audit;
+pub mod password;
+pub mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use self::audit::{Client, Event, Outcome};
+use self::password::{Hasher, Verified};
+use self::token::Keys;
+use crate::config::{AuthConfig, Registration};
+use crate::db::{Database, db_error};
+use crate::error::{Error, ErrorKind, Result};
+use crate::principal::{Principal, Role};
+
+/// The prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "cxr_";
+
+/// An account as shown to its owner and to administrators (never with its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// The account id.
+    pub id: Uuid,
+    /// The email address, lower-cased.
+    pub email: String,
+    /// The name shown to others.
+    pub display_name: String,
+    /// The global role.
+    pub role: Role,
+    /// Whether the account is disabled (its sessions and keys do not work).
+    pub disabled: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a successful login or refresh hands to the client.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// The JWT to send as `Authorization: Bearer ...`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The opaque token that gets the next access token, once.
+    pub refresh_token: String,
+    /// The session these tokens belong to.
+    pub session_id: Uuid,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("session_id", &self.session_id).finish_non_exhaustive()
+    }
+}
+
+/// A new account.
+#[derive(Clone)]
+pub struct NewUser {
+    /// The email address (compared case-insensitively).
+    pub email: String,
+    /// The password, checked against the policy.
+    pub password: String,
+    /// The name shown to others.
+    pub display_name: String,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser").field("email", &self.email).field("display_name", &self.display_name).finish()
+    }
+}
+
+/// Who an access token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The acting principal.
+    pub principal: Principal,
+    /// The session of the token.
+    pub session_id: Uuid,
+}
+
+/// Users and sessions whose tokens must stop working before they expire.
+#[derive(Debug, Default)]
+struct Revoked {
+    sessions: HashSet<Uuid>,
+    users: HashSet<Uuid>,
+}
+
+/// The identity service of one instance.
+#[derive(Clone)]
+pub struct Auth {
+    db: Database,
+    config: Arc<AuthConfig>,
+    hasher: Hasher,
+    keys: Keys,
+    revoked: Arc<RwLock<Revoked>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("db", &self.db.backend()).finish_non_exhaustive()
+    }
+}
+
+type UserRow = (Uuid, String, String, String, Option<DateTime<Utc>>, DateTime<Utc>);
+type UserAndHash = (Uuid, String, String, String, Option<DateTime<Utc>>, DateTime<Utc>, String);
+macro_rules! user_columns {
+    () => {
+        "id, email, display_name, role, disabled_at, created_at"
+    };
+}
+
+fn user((id, email, display_name, role, disabled_at, created_at): UserRow) -> User {
+    User { id, email, display_name, role: parse_role(&role), disabled: disabled_at.is_some(), created_at }
+}
+
+fn parse_role(role: &str) -> Role {
+    if role == "admin" { Role::Admin } else { Role::Member }
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The one answer to every failed login: the same for an unknown email and a wrong password.
+fn bad_credentials() -> Error {
+    Error::new(ErrorKind::Unauthenticated, "the email or the password is wrong")
+}
+
+fn bad_refresh() -> Error {
+    Error::new(ErrorKind::Unauthenticated, "the refresh token is not valid; sign in again")
+}
+
+fn normalize_email(email: &str) -> Result<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid { Ok(email) } else { Err(Error::invalid("email: not an email address (name@example.com)")) }
+}
+
+fn check_display_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::invalid("display_name: 1 to 100 characters, no control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+impl Auth {
+    /// Opens the identity service on `db`, loading the sessions and users whose tokens are
+    /// revoked.
+    ///
+    /// # Errors
+    /// When the configuration is unusable or the database fails.
+    pub async fn open(db: Database, config: &AuthConfig, jwt_secret: &[u8]) -> Result<Self> {
+        let auth = Self {
+            hasher: Hasher::new(config)?,
+            keys: Keys::hs256(jwt_secret, config),
+            config: Arc::new(config.clone()),
+            db,
+            revoked: Arc::default(),
+        };
+        auth.reload_revocations().await?;
+        Ok(auth)
+    }
+
+    /// Reads again which sessions and users are revoked: sessions revoked while an access
+    /// token issued in them could still be valid, and every disabled user.
+    async fn reload_revocations(&self) -> Result<()> {
+        let since = now() - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+        let sessions: Vec<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1"
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("reading revoked sessions", e))?;
+        let users: Vec<(Uuid,)> =
+            on_db!(&self.db, |pool| sqlx::query_as("SELECT id FROM users WHERE disabled_at IS NOT NULL")
+                .fetch_all(pool)
+                .await)
+            .map_err(|e| db_error("reading disabled users", e))?;
+        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        revoked.sessions = sessions.into_iter().map(|(id,)| id).collect();
+        revoked.users = users.into_iter().map(|(id,)| id).collect();
+        Ok(())
+    }
+
+    fn revoke_in_memory(&self, sessions: impl IntoIterator<Item = Uuid>, user: Option<Uuid>) {
+        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        revoked.sessions.extend(sessions);
+        revoked.users.extend(user);
+    }
+
+    async fn audit(&self, event: Event<'_>) -> Result<()> {
+        audit::append(&self.db, &event).await
+    }
+
+    /// Creates an account. The first account of an instance becomes its administrator;
+    /// after that `auth.registration` decides (an invite code is needed in `invite` mode).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a bad email, name or password (the message says which
+    /// rule), [`ErrorKind::PermissionDenied`] when registration is closed or needs an invite,
+    /// [`ErrorKind::Conflict`] when the email is taken.
+    pub async fn register(&self, new: NewUser, invite: Option<&str>, client: &Client) -> Result<User> {
+        let email = normalize_email(&new.email)?;
+        let display_name = check_display_name(&new.display_name)?;
+        password::check_policy(&new.password, self.config.password_min_length, &email)?;
+        let hash = self.hasher.hash(&new.password).await?;
+        let first = self.user_count().await? == 0;
+        let role = if first {
+            Role::Admin
+        } else {
+            match (self.config.registration, invite) {
+                (Registration::Open, _) => Role::Member,
+                (Registration::Invite, Some(_)) => {
+                    return Err(Error::new(ErrorKind::PermissionDenied, "invite codes are not accepted yet"));
+                }
+                (Registration::Invite, None) => {
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        "registration needs an invite code from an administrator (auth.registration = invite)",
+                    ));
+                }
+                (Registration::Closed, _) => {
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        "registration is closed; an administrator adds accounts (auth.registration = closed)",
+                    ));
+                }
+            }
+        };
+        let user = self.insert_user(&email, &display_name, &hash, role).await?;
+        self.audit(Event {
+            action: "register",
+            outcome: Outcome::Success,
+            actor: Some(user.id),
+            target: Some(format!("user:{}", user.id)),
+            client,
+            detail: Some(format!("role {}", role_str(role))),
+        })
+        .await?;
+        Ok(user)
+    }
+
+    /// Creates an account with the given role, on behalf of an administrator (or the local
+    /// system principal: `cloudx user add`). Registration settings do not apply.
+    ///
+    /// # Errors
+    /// As [`Auth::register`]; [`ErrorKind::PermissionDenied`] for a non-administrator.
+    pub async fn add_user(&self, actor: &Principal, new: NewUser, role: Role, client: &Client) -> Result<User> {
+        require_admin(actor)?;
+        let email = normalize_email(&new.email)?;
+        let display_name = check_display_name(&new.display_name)?;
+        password::check_policy(&new.password, self.config.password_min_length, &email)?;
+        let hash = self.hasher.hash(&new.password).await?;
+        let user = self.insert_user(&email, &display_name, &hash, role).await?;
+        self.audit(Event {
+            action: "user_add",
+            outcome: Outcome::Success,
+            actor: actor.user_id(),
+            target: Some(format!("user:{}", user.id)),
+            client,
+            detail: Some(format!("role {}", role_str(role))),
+        })
+        .await?;
+        Ok(user)
+    }
+
+    async fn user_count(&self) -> Result<i64> {
+        on_db!(&self.db, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(pool).await)
+            .map_err(|e| db_error("counting users", e))
+    }
+
+    async fn insert_user(&self, email: &str, display_name: &str, hash: &str, role: Role) -> Result<User> {
+        let at = now();
+        let id = Uuid::now_v7();
+        let inserted = on_db!(&self.db, |pool| sqlx::query(
+            "INSERT INTO users (id, email, display_name, password_hash, role, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)"
+        )
+        .bind(id)
+        .bind(email)
+        .bind(display_name)
+        .bind(hash)
+        .bind(role_str(role))
+        .bind(at)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
+        match inserted {
+            Ok(_) => Ok(User {
+                id,
+                email: email.to_owned(),
+                display_name: display_name.to_owned(),
+                role,
+                disabled: false,
+                created_at: at,
+            }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(Error::new(ErrorKind::Conflict, "an account with this email already exists"))
+            }
+            Err(e) => Err(db_error("creating the account", e)),
+        }
+    }
+
+    async fn find_by_email(&self, email: &str) -> Result<Option<(User, String)>> {
+        let sql = concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE email = $1");
+        let row: Option<UserAndHash> =
+            on_db!(&self.db, |pool| sqlx::query_as(sql).bind(email).fetch_optional(pool).await)
+                .map_err(|e| db_error("reading the account", e))?;
+        Ok(row.map(|(id, email, name, role, disabled, created, hash)| {
+            (user((id, email, name, role, disabled, created)), hash)
+        }))
+    }
+
+    async fn find_by_id(&self, id: Uuid) -> Result<Option<(User, String)>> {
+        let sql = concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE id = $1");
+        let row: Option<UserAndHash> = on_db!(&self.db, |pool| sqlx::query_as(sql).bind(id).fetch_optional(pool).await)
+            .map_err(|e| db_error("reading the account", e))?;
+        Ok(row.map(|(id, email, name, role, disabled, created, hash)| {
+            (user((id, email, name, role, disabled, created)), hash)
+        }))
+    }
+
+    /// Signs in with email and password and opens a session.
+    ///
+    /// An unknown email and a wrong password give the same error after about the same time;
+    /// a disabled account gives it too (after a right password only). A hash made with older
+    /// argon2 parameters is replaced.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] for wrong credentials.
+    pub async fn login(&self, email: &str, password: &str, client: &Client) -> Result<(User, Tokens)> {
+        let email = email.trim().to_lowercase();
+        let found =
+            if password.len() > password::MAX_PASSWORD_BYTES { None } else { self.find_by_email(&email).await? };
+        let verified = self.hasher.verify(password, found.as_ref().map(|(_, hash)| hash.as_str())).await?;
+        let user = match (found, &verified) {
+            (Some((user, _)), Verified::Yes | Verified::YesRehashed(_)) if !user.disabled => user,
+            (found, _) => {
+                let detail = match &found {
+                    Some((user, _)) if user.disabled => "account disabled",
+                    Some(_) => "wrong password",
+                    None => "no such account",
+                };
+                self.audit(Event {
+                    action: "login",
+                    outcome: Outcome::Failure,
+                    actor: None,
+                    target: Some(found.map_or_else(|| format!("email:{email}"), |(u, _)| format!("user:{}", u.id))),
+                    client,
+                    detail: Some(detail.into()),
+                })
+                .await?;
+                return Err(bad_credentials());
+            }
+        };
+        if let Verified::YesRehashed(new_hash) = verified {
+            on_db!(&self.db, |pool| sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+                .bind(&new_hash)
+                .bind(now())
+                .bind(user.id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+            .map_err(|e| db_error("updating the password hash", e))?;
+        }
+        let tokens = self.open_session(&user, client).await?;
+        self.audit(Event {
+            action: "login",
+            outcome: Outcome::Success,
+            actor: Some(user.id),
+            target: Some(format!("session:{}", tokens.session_id)),
+            client,
+            detail: None,
+        })
+        .await?;
+        Ok((user, tokens))
+    }
+
+    async fn open_session(&self, user: &User, client: &Client) -> Result<Tokens> {
+        let at = now();
+        let session = Uuid::now_v7();
+        let expires = at + chrono::Duration::from_std(self.config.session_ttl).unwrap_or(chrono::Duration::days(30));
+        let refresh = token::new_secret(REFRESH_PREFIX)?;
+        macro_rules! insert {
+            ($pool:expr) => {async {
+                let mut tx = $pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, created_at, expires_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(session)
+                .bind(user.id)
+                .bind(at)
+                .bind(expires)
+                .bind(&client.ip)
+                .bind(&client.user_agent)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(Uuid::now_v7())
+                    .bind(session)
+                    .bind(token::digest(&refresh))
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }.await};
+        }
+        on_db!(&self.db, |pool| insert!(pool)).map_err(|e| db_error("opening a session", e))?;
+        Ok(Tokens {
+            access_token: self.keys.issue(user.id, user.role, session, at)?,
+            token_type: "Bearer",
+            expires_in: self.keys.ttl().num_seconds(),
+            refresh_token: refresh,
+            session_id: session,
+        })
+    }
+
+    /// Exchanges a refresh token for new tokens, once. See the module documentation for
+    /// rotation, the grace window and reuse detection.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] for an unknown, expired, revoked or reused token (a reuse
+    /// also revokes the session), or when the account is disabled.
+    pub async fn refresh(&self, refresh_token: &str, client: &Client) -> Result<Tokens> {
+        if !refresh_token.starts_with(REFRESH_PREFIX) || refresh_token.len() > 128 {
+            return Err(bad_refresh());
+        }
+        let digest = token::digest(refresh_token);
+        let at = now();
+        let successor = token::new_secret(REFRESH_PREFIX)?;
+        let successor_id = Uuid::now_v7();
+        let sealed = token::mask(refresh_token, successor.as_bytes());
+        // The rotation itself: one conditional UPDATE, so of two concurrent refreshes of a token
+        // exactly one wins; the session must be live and its owner enabled. The successor is
+        // inserted in the same transaction: a loser waits for it, and never sees a rotated
+        // token without its successor (which it would take for a reuse).
+        macro_rules! rotate {
+            ($tx:expr) => {
+                async {
+                    let mut tx = $tx;
+                    let won: Option<(Uuid,)> = sqlx::query_as(
+                        "UPDATE refresh_tokens SET used_at = $1, successor_id = $2, successor_sealed = $3 \
+                         WHERE token_hash = $4 AND used_at IS NULL AND session_id IN (\
+                           SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id \
+                           WHERE s.revoked_at IS NULL AND s.expires_at > $1 AND u.disabled_at IS NULL) \
+                         RETURNING session_id",
+                    )
+                    .bind(at)
+                    .bind(successor_id)
+                    .bind(&sealed)
+                    .bind(&digest)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((session,)) = won {
+                        sqlx::query(
+                            "INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(successor_id)
+                        .bind(session)
+                        .bind(token::digest(&successor))
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(won.map(|(session,)| session))
+                }
+                .await
+            };
+        }
+        let won = match &self.db {
+            Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => rotate!(tx),
+                Err(e) => Err(e),
+            },
+            Database::Postgres(pool) => match pool.begin().await {
+                Ok(tx) => rotate!(tx),
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| db_error("refreshing a session", e))?;
+        if let Some(session) = won {
+            let (user_id, role) = self.session_owner(session).await?.ok_or_else(bad_refresh)?;
+            self.audit(Event {
+                action: "refresh",
+                outcome: Outcome::Success,
+                actor: Some(user_id),
+                target: Some(format!("session:{session}")),
+                client,
+                detail: None,
+            })
+            .await?;
+            return self.tokens_for(user_id, role, session, successor, at);
+        }
+        self.refresh_lost(refresh_token, &digest, at, client).await
+    }
+
+    /// A refresh token that did not rotate: unknown, dead, or already used. Within the grace
+    /// window a used token gets its successor again, if that is still unused; otherwise a used
+    /// token is a reuse and revokes its session.
+    async fn refresh_lost(
+        &self,
+        refresh_token: &str,
+        digest: &[u8],
+        at: DateTime<Utc>,
+        client: &Client,
+    ) -> Result<Tokens> {
+        type Row = (
+            Uuid,
+            Option<DateTime<Utc>>,
+            Option<Uuid>,
+            Option<Vec<u8>>,
+            Option<DateTime<Utc>>,
+            DateTime<Utc>,
+            Uuid,
+            String,
+            Option<DateTime<Utc>>,
+        );
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT t.session_id, t.used_at, t.successor_id, t.successor_sealed, s.revoked_at, s.expires_at, \
+                    u.id, u.role, u.disabled_at \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
+             WHERE t.token_hash = $1"
+        )
+        .bind(digest)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| db_error("refreshing a session", e))?;
+        let Some((session, used_at, successor_id, sealed, revoked_at, expires_at, user_id, role, disabled)) = row
+        else {
+            return Err(bad_refresh());
+        };
+        if revoked_at.is_some() || expires_at <= at || disabled.is_some() {
+            return Err(bad_refresh());
+        }
+        let Some(used_at) = used_at else {
+            // Not used, yet it did not rotate: the session changed in between. Refuse.
+            return Err(bad_refresh());
+        };
+        let grace = chrono::Duration::from_std(self.config.refresh_reuse_grace).unwrap_or_default();
+        if at - used_at <= grace
+            && let (Some(successor_id), Some(sealed)) = (successor_id, sealed)
+        {
+            let successor = String::from_utf8(token::mask(refresh_token, &sealed)).unwrap_or_default();
+            let still_fresh: Option<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
+                "SELECT id FROM refresh_tokens WHERE id = $1 AND token_hash = $2 AND used_at IS NULL"
+            )
+            .bind(successor_id)
+            .bind(token::digest(&successor))
+            .fetch_optional(pool)
+            .await)
+            .map_err(|e| db_error("refreshing a session", e))?;
+            if still_fresh.is_some() {
+                return self.tokens_for(user_id, parse_role(&role), session, successor, at);
+            }
+        }
+        // A reuse: someone holds a token that was already exchanged. Revoke the family.
+        self.revoke_sessions(&[session], "refresh token reused").await?;
+        self.revoke_in_memory([session], None);
+        self.audit(Event {
+            action: "refresh_reuse",
+            outcome: Outcome::Failure,
+            actor: Some(user_id),
+            target: Some(format!("session:{session}")),
+            client,
+            detail: Some("a used refresh token was presented again; the session is revoked".into()),
+        })
+        .await?;
+        Err(bad_refresh())
+    }
+
+    fn tokens_for(&self, user: Uuid, role: Role, session: Uuid, refresh: String, at: DateTime<Utc>) -> Result<Tokens> {
+        Ok(Tokens {
+            access_token: self.keys.issue(user, role, session, at)?,
+            token_type: "Bearer",
+            expires_in: self.keys.ttl().num_seconds(),
+            refresh_token: refresh,
+            session_id: session,
+        })
+    }
+
+    async fn session_owner(&self, session: Uuid) -> Result<Option<(Uuid, Role)>> {
+        let row: Option<(Uuid, String)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT u.id, u.role FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1"
+        )
+        .bind(session)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| db_error("reading a session", e))?;
+        Ok(row.map(|(id, role)| (id, parse_role(&role))))
+    }
+
+    async fn revoke_sessions(&self, sessions: &[Uuid], reason: &str) -> Result<()> {
+        let at = now();
+        for session in sessions {
+            on_db!(&self.db, |pool| sqlx::query(
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL"
+            )
+            .bind(at)
+            .bind(reason)
+            .bind(session)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+            .map_err(|e| db_error("revoking a session", e))?;
+        }
+        Ok(())
+    }
+
+    async fn live_sessions(&self, user: Uuid) -> Result<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT id FROM sessions WHERE user_id = $1 AND revoked_at IS NULL"
+        )
+        .bind(user)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("reading sessions", e))?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Checks an access token and says who it speaks for.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] for a bad token (see [`Keys::verify`]), a revoked
+    /// session or a disabled or deleted account.
+    pub fn authenticate(&self, access_token: &str) -> Result<Authenticated> {
+        let claims = self.keys.verify(access_token)?;
+        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        if revoked.users.contains(&claims.sub) {
+            return Err(Error::new(ErrorKind::Unauthenticated, "the account is disabled"));
+        }
+        if revoked.sessions.contains(&claims.sid) {
+            return Err(Error::new(ErrorKind::Unauthenticated, "the session has ended; sign in again"));
+        }
+        Ok(Authenticated { principal: Principal::User { id: claims.sub, role: claims.role }, session_id: claims.sid })
+    }
+
+    /// Ends the session of `who`: its refresh token and access tokens stop working.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn logout(&self, who: &Authenticated, client: &Client) -> Result<()> {
+        self.revoke_sessions(&[who.session_id], "logout").await?;
+        self.revoke_in_memory([who.session_id], None);
+        self.audit(Event {
+            action: "logout",
+            outcome: Outcome::Success,
+            actor: who.principal.user_id(),
+            target: Some(format!("session:{}", who.session_id)),
+            client,
+            detail: None,
+        })
+        .await
+    }
+
+    /// The acting user's own account.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when the account is gone, [`ErrorKind::InvalidInput`] for the
+    /// system principal, which has no account.
+    pub async fn me(&self, actor: &Principal) -> Result<User> {
+        let id = actor.user_id().ok_or_else(|| Error::invalid("the local system principal has no account"))?;
+        self.find_by_id(id).await?.map(|(user, _)| user).ok_or_else(|| Error::not_found("the account no longer exists"))
+    }
+
+    /// Changes the acting user's password (the current one is required) and ends every other
+    /// session of theirs.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] when `current` is wrong, [`ErrorKind::InvalidInput`] when
+    /// the new password breaks the policy.
+    pub async fn change_password(&self, who: &Authenticated, current: &str, new: &str, client: &Client) -> Result<()> {
+        let id = who.principal.user_id().ok_or_else(|| Error::invalid("the local system principal has no password"))?;
+        let (user, hash) =
+            self.find_by_id(id).await?.ok_or_else(|| Error::not_found("the account no longer exists"))?;
+        if self.hasher.verify(current, Some(&hash)).await? == Verified::No {
+            self.audit(Event {
+                action: "password_change",
+                outcome: Outcome::Failure,
+                actor: Some(id),
+                target: Some(format!("user:{id}")),
+                client,
+                detail: Some("wrong current password".into()),
+            })
+            .await?;
+            return Err(Error::new(ErrorKind::Unauthenticated, "the current password is wrong"));
+        }
+        password::check_policy(new, self.config.password_min_length, &user.email)?;
+        let new_hash = self.hasher.hash(new).await?;
+        on_db!(&self.db, |pool| sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(&new_hash)
+            .bind(now())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("changing the password", e))?;
+        let others: Vec<Uuid> = self.live_sessions(id).await?.into_iter().filter(|s| *s != who.session_id).collect();
+        self.revoke_sessions(&others, "password changed").await?;
+        self.revoke_in_memory(others.iter().copied(), None);
+        self.audit(Event {
+            action: "password_change",
+            outcome: Outcome::Success,
+            actor: Some(id),
+            target: Some(format!("user:{id}")),
+            client,
+            detail: Some(format!("{} other session(s) ended", others.len())),
+        })
+        .await
+    }
+
+    /// Every account (administrators only).
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator.
+    pub async fn list_users(&self, actor: &Principal) -> Result<Vec<User>> {
+        require_admin(actor)?;
+        let sql = concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, id");
+        let rows: Vec<UserRow> = on_db!(&self.db, |pool| sqlx::query_as(sql).fetch_all(pool).await)
+            .map_err(|e| db_error("listing users", e))?;
+        Ok(rows.into_iter().map(user).collect())
+    }
+
+    /// Disables or enables an account (administrators only). Disabling ends its sessions at once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
+    /// unknown id, [`ErrorKind::Conflict`] for disabling oneself.
+    pub async fn set_disabled(&self, actor: &Principal, id: Uuid, disabled: bool, client: &Client) -> Result<User> {
+        require_admin(actor)?;
+        if disabled && actor.user_id() == Some(id) {
+            return Err(Error::new(ErrorKind::Conflict, "an administrator cannot disable their own account"));
+        }
+        let at = now();
+        let changed =
+            on_db!(&self.db, |pool| sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $2 WHERE id = $3")
+                .bind(disabled.then_some(at))
+                .bind(at)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+            .map_err(|e| db_error("updating the account", e))?;
+        if changed == 0 {
+            return Err(Error::not_found("no such user"));
+        }
+        if disabled {
+            let sessions = self.live_sessions(id).await?;
+            self.revoke_sessions(&sessions, "account disabled").await?;
+            self.revoke_in_memory(sessions, Some(id));
+        } else {
+            self.revoked.write().unwrap_or_else(PoisonError::into_inner).users.remove(&id);
+        }
+        self.audit(Event {
+            action: if disabled { "user_disable" } else { "user_enable" },
+            outcome: Outcome::Success,
+            actor: actor.user_id(),
+            target: Some(format!("user:{id}")),
+            client,
+            detail: None,
+        })
+        .await?;
+        self.find_by_id(id).await?.map(|(user, _)| user).ok_or_else(|| Error::not_found("no such user"))
+    }
+
+    /// Sets an account's global role (administrators only). Its sessions end, so that no
+    /// token carries the old role.
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
+    /// unknown id, [`ErrorKind::Conflict`] when it would leave no enabled administrator.
+    pub async fn set_role(&self, actor: &Principal, id: Uuid, role: Role, client: &Client) -> Result<User> {
+        require_admin(actor)?;
+        let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        if target.role == Role::Admin && role != Role::Admin && self.enabled_admins().await? <= 1 {
+            return Err(Error::new(ErrorKind::Conflict, "this is the last administrator; make another one first"));
+        }
+        on_db!(&self.db, |pool| sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
+            .bind(role_str(role))
+            .bind(now())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("updating the account", e))?;
+        if target.role != role {
+            let sessions = self.live_sessions(id).await?;
+            self.revoke_sessions(&sessions, "role changed").await?;
+            self.revoke_in_memory(sessions, None);
+        }
+        self.audit(Event {
+            action: "role_change",
+            outcome: Outcome::Success,
+            actor: actor.user_id(),
+            target: Some(format!("user:{id}")),
+            client,
+            detail: Some(format!("{} -> {}", role_str(target.role), role_str(role))),
+        })
+        .await?;
+        Ok(User { role, ..target })
+    }
+
+    async fn enabled_admins(&self) -> Result<i64> {
+        on_db!(&self.db, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL"
+        )
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| db_error("counting administrators", e))
+    }
+
+    /// Deletes an account and everything that belongs to it (administrators only).
+    ///
+    /// # Errors
+    /// As [`Auth::set_role`]; [`ErrorKind::Conflict`] for deleting oneself.
+    pub async fn delete_user(&self, actor: &Principal, id: Uuid, client: &Client) -> Result<()> {
+        require_admin(actor)?;
+        if actor.user_id() == Some(id) {
+            return Err(Error::new(ErrorKind::Conflict, "an administrator cannot delete their own account"));
+        }
+        let sessions = self.live_sessions(id).await?;
+        let deleted = on_db!(&self.db, |pool| sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("deleting the account", e))?;
+        if deleted == 0 {
+            return Err(Error::not_found("no such user"));
+        }
+        self.revoke_in_memory(sessions, Some(id));
+        self.audit(Event {
+            action: "user_delete",
+            outcome: Outcome::Success,
+            actor: actor.user_id(),
+            target: Some(format!("user:{id}")),
+            client,
+            detail: None,
+        })
+        .await
+    }
+
+    /// The audit log, newest first (administrators only).
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator.
+    pub async fn audit_log(&self, actor: &Principal, before: Option<i64>, limit: u32) -> Result<Vec<audit::Entry>> {
+        require_admin(actor)?;
+        audit::list(&self.db, before, limit.clamp(1, 1000)).await
+    }
+
+    /// Checks the audit log's hash chain (administrators only).
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator.
+    pub async fn verify_audit_log(&self, actor: &Principal) -> Result<audit::Verification> {
+        require_admin(actor)?;
+        audit::verify(&self.db).await
+    }
+
+    /// Counts of revoked sessions and users held in memory (for tests and metrics).
+    pub fn revocations(&self) -> HashMap<&'static str, usize> {
+        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        HashMap::from([("sessions", revoked.sessions.len()), ("users", revoked.users.len())])
+    }
+}
+
+fn require_admin(actor: &Principal) -> Result<()> {
+    if actor.is_admin() { Ok(()) } else { Err(Error::new(ErrorKind::PermissionDenied, "this needs an administrator")) }
+}

@@ -1,0 +1,313 @@
+//! The conformance suite of the `Auth` port, run on SQLite and on a real Postgres.
+
+use std::time::Duration;
+
+use cloudx_core::auth::audit::Client;
+use cloudx_core::auth::{Authenticated, NewUser};
+use cloudx_core::config::{ConfigLoader, Registration};
+use cloudx_core::testing::TestPostgres;
+use cloudx_core::{Cloudx, CloudxConfig, ErrorKind, Principal, Role};
+
+const PASSWORD: &str = "Correct-Horse-Battery-7781";
+const OTHER_PASSWORD: &str = "Unguessable-Staple-Pony-4410";
+
+/// An instance on SQLite, or on a fresh Postgres database, with `tune` applied to its configuration.
+struct Instance {
+    cx: Cloudx,
+    _pg: Option<TestPostgres>,
+    dir: tempfile::TempDir,
+}
+
+async fn instance(postgres: bool, tune: impl FnOnce(&mut CloudxConfig)) -> Option<Instance> {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = if postgres { Some(TestPostgres::create().await?) } else { None };
+    let mut env = vec![("CLOUDX_DATA_DIR".to_owned(), dir.path().to_str().unwrap().to_owned())];
+    if let Some(pg) = &pg {
+        env.push(("CLOUDX_DATABASE__URL".into(), pg.url().to_owned()));
+    }
+    let mut config = ConfigLoader::new().env(env).load().unwrap();
+    tune(&mut config);
+    let cx = Cloudx::connect(config).await.unwrap();
+    Some(Instance { cx, _pg: pg, dir })
+}
+
+fn new_user(email: &str, password: &str) -> NewUser {
+    NewUser { email: email.into(), password: password.into(), display_name: format!("User {email}") }
+}
+
+fn client() -> Client {
+    Client::new(Some("127.0.0.1".into()), Some("auth-tests"))
+}
+
+/// Runs `$test(postgres)` as two tests: one on SQLite, one on Postgres.
+macro_rules! on_both {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $test() { super::$test(false).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $test() { super::$test(true).await })*
+        }
+    };
+}
+
+on_both!(
+    first_account_is_admin_and_registration_follows_the_setting,
+    unknown_user_and_wrong_password_get_the_same_answer,
+    refresh_rotates_and_a_reuse_revokes_the_session,
+    a_lost_reply_within_the_grace_window_gets_the_same_tokens,
+    concurrent_refreshes_cannot_fork_the_family,
+    password_change_ends_the_other_sessions,
+    disabling_a_user_stops_their_tokens_at_once,
+    role_changes_and_the_last_admin,
+    the_audit_chain_detects_an_edited_row,
+);
+
+async fn first_account_is_admin_and_registration_follows_the_setting(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let admin = auth.register(new_user("Ada@Example.com", PASSWORD), None, &client()).await.unwrap();
+    assert_eq!((admin.role, admin.email.as_str()), (Role::Admin, "ada@example.com"));
+    // Default: invite only.
+    let err = auth.register(new_user("bob@example.com", PASSWORD), None, &client()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("invite"));
+    // Administrators add accounts whatever the setting; emails are unique case-insensitively.
+    let bob = auth
+        .add_user(&Principal::System, new_user("bob@example.com", PASSWORD), Role::Member, &client())
+        .await
+        .unwrap();
+    assert_eq!(bob.role, Role::Member);
+    let dup = auth.add_user(&Principal::System, new_user("BOB@example.com", PASSWORD), Role::Member, &client()).await;
+    assert_eq!(dup.unwrap_err().kind(), ErrorKind::Conflict);
+    let member = Principal::User { id: bob.id, role: Role::Member };
+    let denied = auth.add_user(&member, new_user("eve@example.com", PASSWORD), Role::Admin, &client()).await;
+    assert_eq!(denied.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    // Bad input names the rule.
+    let weak =
+        auth.add_user(&Principal::System, new_user("carl@example.com", "password1"), Role::Member, &client()).await;
+    assert!(weak.unwrap_err().to_string().contains("most common"));
+    let bad_email =
+        auth.add_user(&Principal::System, new_user("not-an-email", PASSWORD), Role::Member, &client()).await;
+    assert!(bad_email.unwrap_err().to_string().contains("email"));
+
+    let Some(open) = instance(postgres, |c| c.auth.registration = Registration::Open).await else { return };
+    open.cx.auth().register(new_user("a@example.com", PASSWORD), None, &client()).await.unwrap();
+    let second = open.cx.auth().register(new_user("b@example.com", PASSWORD), None, &client()).await.unwrap();
+    assert_eq!(second.role, Role::Member);
+
+    let Some(closed) = instance(postgres, |c| c.auth.registration = Registration::Closed).await else { return };
+    closed.cx.auth().register(new_user("a@example.com", PASSWORD), None, &client()).await.unwrap();
+    let err = closed.cx.auth().register(new_user("b@example.com", PASSWORD), None, &client()).await.unwrap_err();
+    assert!(err.to_string().contains("closed"));
+}
+
+async fn unknown_user_and_wrong_password_get_the_same_answer(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let started = std::time::Instant::now();
+    let wrong = auth.login("ada@example.com", OTHER_PASSWORD, &client()).await.unwrap_err();
+    let wrong_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let unknown = auth.login("nobody@example.com", OTHER_PASSWORD, &client()).await.unwrap_err();
+    let unknown_took = started.elapsed();
+    assert_eq!((wrong.kind(), wrong.to_string()), (unknown.kind(), unknown.to_string()));
+    assert_eq!(wrong.kind(), ErrorKind::Unauthenticated);
+    // Both verify one argon2 hash: within a factor of three of each other on a noisy machine.
+    let (fast, slow) = if wrong_took < unknown_took { (wrong_took, unknown_took) } else { (unknown_took, wrong_took) };
+    assert!(
+        slow < fast * 3 + Duration::from_millis(30),
+        "wrong password {wrong_took:?}, unknown user {unknown_took:?}"
+    );
+    let (user, tokens) = auth.login("ADA@example.com ", PASSWORD, &client()).await.unwrap();
+    let who = auth.authenticate(&tokens.access_token).unwrap();
+    assert_eq!(who.principal, Principal::User { id: user.id, role: Role::Admin });
+    assert_eq!(auth.me(&who.principal).await.unwrap().email, "ada@example.com");
+}
+
+async fn refresh_rotates_and_a_reuse_revokes_the_session(postgres: bool) {
+    let Some(i) = instance(postgres, |c| c.auth.refresh_reuse_grace = Duration::ZERO).await else { return };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let (_, first) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let second = auth.refresh(&first.refresh_token, &client()).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(second.session_id, first.session_id);
+    let third = auth.refresh(&second.refresh_token, &client()).await.unwrap();
+    auth.authenticate(&third.access_token).unwrap();
+    // The first token again: a reuse. The whole family dies, the live token and access tokens too.
+    let reuse = auth.refresh(&first.refresh_token, &client()).await.unwrap_err();
+    assert_eq!(reuse.kind(), ErrorKind::Unauthenticated);
+    assert_eq!(auth.refresh(&third.refresh_token, &client()).await.unwrap_err().kind(), ErrorKind::Unauthenticated);
+    assert_eq!(auth.authenticate(&third.access_token).unwrap_err().kind(), ErrorKind::Unauthenticated);
+    let log = auth.audit_log(&Principal::System, None, 100).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "refresh_reuse" && e.outcome == "failure"));
+    // Garbage and tokens of the wrong shape.
+    for bad in ["", "cxr_", "cxr_AAAA", &third.access_token] {
+        assert_eq!(auth.refresh(bad, &client()).await.unwrap_err().kind(), ErrorKind::Unauthenticated);
+    }
+    // Logout ends a session.
+    let (_, other) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let who = auth.authenticate(&other.access_token).unwrap();
+    auth.logout(&who, &client()).await.unwrap();
+    assert!(auth.authenticate(&other.access_token).is_err());
+    assert!(auth.refresh(&other.refresh_token, &client()).await.is_err());
+}
+
+async fn a_lost_reply_within_the_grace_window_gets_the_same_tokens(postgres: bool) {
+    let Some(i) = instance(postgres, |c| c.auth.refresh_reuse_grace = Duration::from_secs(30)).await else { return };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let (_, first) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let second = auth.refresh(&first.refresh_token, &client()).await.unwrap();
+    let again = auth.refresh(&first.refresh_token, &client()).await.unwrap();
+    assert_eq!(again.refresh_token, second.refresh_token, "the same successor, not a fork");
+    // Once the successor is used, the old token is a reuse even within the window.
+    let third = auth.refresh(&second.refresh_token, &client()).await.unwrap();
+    assert!(auth.refresh(&first.refresh_token, &client()).await.is_err());
+    assert!(auth.refresh(&third.refresh_token, &client()).await.is_err(), "the session was revoked");
+}
+
+async fn concurrent_refreshes_cannot_fork_the_family(postgres: bool) {
+    let Some(i) = instance(postgres, |c| c.auth.refresh_reuse_grace = Duration::from_secs(30)).await else { return };
+    let auth = i.cx.auth().clone();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let (_, first) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (auth, token) = (auth.clone(), first.refresh_token.clone());
+            tokio::spawn(async move { auth.refresh(&token, &client()).await })
+        })
+        .collect();
+    let mut successors = std::collections::HashSet::new();
+    for racer in racers {
+        if let Ok(tokens) = racer.await.unwrap() {
+            successors.insert(tokens.refresh_token);
+        }
+    }
+    assert_eq!(successors.len(), 1, "every winner got the one successor");
+    let successor = successors.into_iter().next().unwrap();
+    auth.refresh(&successor, &client()).await.unwrap();
+}
+
+async fn password_change_ends_the_other_sessions(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let (_, laptop) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let (_, phone) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let who: Authenticated = auth.authenticate(&laptop.access_token).unwrap();
+    let wrong = auth.change_password(&who, OTHER_PASSWORD, OTHER_PASSWORD, &client()).await.unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Unauthenticated);
+    let weak = auth.change_password(&who, PASSWORD, "qwerty123", &client()).await.unwrap_err();
+    assert_eq!(weak.kind(), ErrorKind::InvalidInput);
+    auth.change_password(&who, PASSWORD, OTHER_PASSWORD, &client()).await.unwrap();
+    auth.authenticate(&laptop.access_token).unwrap();
+    assert!(auth.authenticate(&phone.access_token).is_err(), "the other session's access token stops at once");
+    assert!(auth.refresh(&phone.refresh_token, &client()).await.is_err());
+    auth.refresh(&laptop.refresh_token, &client()).await.unwrap();
+    assert!(auth.login("ada@example.com", PASSWORD, &client()).await.is_err());
+    auth.login("ada@example.com", OTHER_PASSWORD, &client()).await.unwrap();
+}
+
+async fn disabling_a_user_stops_their_tokens_at_once(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let admin = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let admin = Principal::User { id: admin.id, role: Role::Admin };
+    let bob = auth.add_user(&admin, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
+    let (_, tokens) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    auth.authenticate(&tokens.access_token).unwrap();
+    let bob_principal = Principal::User { id: bob.id, role: Role::Member };
+    assert_eq!(
+        auth.set_disabled(&bob_principal, bob.id, true, &client()).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert!(auth.set_disabled(&admin, bob.id, true, &client()).await.unwrap().disabled);
+    assert!(auth.authenticate(&tokens.access_token).is_err());
+    assert!(auth.refresh(&tokens.refresh_token, &client()).await.is_err());
+    let login = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap_err();
+    assert_eq!(login.to_string(), "the email or the password is wrong", "no hint that the account exists");
+    // A new instance on the same database knows it too (the revocation set is loaded at start).
+    let reopened = Cloudx::connect(i.cx.config().clone()).await.unwrap();
+    assert!(reopened.auth().authenticate(&tokens.access_token).is_err());
+    auth.set_disabled(&admin, bob.id, false, &client()).await.unwrap();
+    let (_, fresh) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    auth.authenticate(&fresh.access_token).unwrap();
+    assert_eq!(
+        auth.set_disabled(&admin, uuid::Uuid::now_v7(), true, &client()).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    auth.delete_user(&admin, bob.id, &client()).await.unwrap();
+    assert!(auth.authenticate(&fresh.access_token).is_err(), "a deleted user's tokens stop");
+    let users = auth.list_users(&admin).await.unwrap();
+    assert_eq!(users.len(), 1);
+}
+
+async fn role_changes_and_the_last_admin(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let ada_p = Principal::User { id: ada.id, role: Role::Admin };
+    let err = auth.set_role(&ada_p, ada.id, Role::Member, &client()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let bob = auth.add_user(&ada_p, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
+    let (_, bob_tokens) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    assert_eq!(auth.set_role(&ada_p, bob.id, Role::Admin, &client()).await.unwrap().role, Role::Admin);
+    assert!(auth.authenticate(&bob_tokens.access_token).is_err(), "no token keeps the old role");
+    let (_, bob_tokens) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    assert!(auth.authenticate(&bob_tokens.access_token).unwrap().principal.is_admin());
+    auth.set_role(&ada_p, ada.id, Role::Member, &client()).await.unwrap();
+    let log = auth.audit_log(&Principal::System, None, 100).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "role_change" && e.detail.as_deref() == Some("admin -> member")));
+}
+
+async fn the_audit_chain_detects_an_edited_row(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let _ = auth.login("ada@example.com", OTHER_PASSWORD, &client()).await;
+    let (_, tokens) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let verification = auth.verify_audit_log(&Principal::System).await.unwrap();
+    assert_eq!((verification.rows, verification.first_bad), (3, None));
+    let log = auth.audit_log(&Principal::System, None, 10).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["login", "login", "register"]);
+    assert_eq!(log[1].outcome, "failure");
+    assert_eq!(log[0].ip.as_deref(), Some("127.0.0.1"));
+    let member = Principal::User { id: uuid::Uuid::now_v7(), role: Role::Member };
+    assert_eq!(auth.audit_log(&member, None, 10).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
+
+    // The table refuses edits; someone with the database's keys can still force one, and the
+    // chain shows it.
+    match i.cx.database() {
+        cloudx_core::db::Database::Sqlite(pool) => {
+            assert!(sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE seq = 2").execute(pool).await.is_err());
+            sqlx::query("DROP TRIGGER audit_log_no_update").execute(pool).await.unwrap();
+            sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE seq = 2").execute(pool).await.unwrap();
+        }
+        cloudx_core::db::Database::Postgres(pool) => {
+            assert!(sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE seq = 2").execute(pool).await.is_err());
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only").execute(pool).await.unwrap();
+            sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE seq = 2").execute(pool).await.unwrap();
+        }
+    }
+    assert_eq!(auth.verify_audit_log(&Principal::System).await.unwrap().first_bad, Some(2));
+
+    // Nothing secret is stored: no password, no token, in the database file.
+    if !postgres {
+        i.cx.close().await;
+        let mut stored = Vec::new();
+        for entry in std::fs::read_dir(i.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().starts_with("cloudx.db") {
+                stored.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        assert!(!stored.is_empty());
+        let stored = String::from_utf8_lossy(&stored);
+        for secret in [PASSWORD, OTHER_PASSWORD, &tokens.refresh_token, &tokens.access_token] {
+            assert!(!stored.contains(secret), "a secret was stored in the clear");
+        }
+    }
+}
