@@ -208,9 +208,13 @@ fn migrate_applies_then_reports_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
     let first = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
     assert!(first.status.success(), "{}", text(&first.stderr));
-    assert!(text(&first.stdout).contains("applied 1 0001_instance"), "{}", text(&first.stdout));
+    assert!(
+        text(&first.stdout).contains("applied 1 0001_instance") && text(&first.stdout).contains("applied 2 0002_auth"),
+        "{}",
+        text(&first.stdout)
+    );
     let second = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
-    assert!(text(&second.stdout).contains("is up to date at schema version 1"), "{}", text(&second.stdout));
+    assert!(text(&second.stdout).contains("is up to date at schema version 2"), "{}", text(&second.stdout));
     assert!(dir.path().join("state/cloudx.db").is_file());
 }
 
@@ -221,7 +225,12 @@ async fn migrate_on_postgres() {
     let out = run(cloudx(dir.path()).arg("migrate").env("CLOUDX_DATABASE__URL", pg.url()));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("applied 1 0001_instance") && stdout.contains("(postgres)"), "{stdout}");
+    assert!(
+        stdout.contains("applied 1 0001_instance")
+            && stdout.contains("applied 2 0002_auth")
+            && stdout.contains("(postgres)"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("postgres@"), "the user name is not printed: {stdout}");
 }
 
