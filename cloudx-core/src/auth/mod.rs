@@ -23,7 +23,7 @@ pub mod audit;
 pub mod password;
 pub mod token;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
@@ -595,8 +595,7 @@ impl Auth {
             }
         }
         // A reuse: someone holds a token that was already exchanged. Revoke the family.
-        self.revoke_sessions(&[session], "refresh token reused").await?;
-        self.revoke_in_memory([session], None);
+        self.end_session(session, "refresh token reused").await?;
         self.audit(Event {
             action: "refresh_reuse",
             outcome: Outcome::Failure,
@@ -630,32 +629,39 @@ impl Auth {
         Ok(row.map(|(id, role)| (id, parse_role(&role))))
     }
 
-    async fn revoke_sessions(&self, sessions: &[Uuid], reason: &str) -> Result<()> {
-        let at = now();
-        for session in sessions {
-            on_db!(&self.db, |pool| sqlx::query(
-                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL"
-            )
-            .bind(at)
-            .bind(reason)
-            .bind(session)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(|e| db_error("revoking a session", e))?;
-        }
+    /// Ends one session, in the database and at once in this process's revocation set.
+    async fn end_session(&self, session: Uuid, reason: &str) -> Result<()> {
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL"
+        )
+        .bind(now())
+        .bind(reason)
+        .bind(session)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("revoking a session", e))?;
+        self.revoke_in_memory([session], None);
         Ok(())
     }
 
-    async fn live_sessions(&self, user: Uuid) -> Result<Vec<Uuid>> {
-        let rows: Vec<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
-            "SELECT id FROM sessions WHERE user_id = $1 AND revoked_at IS NULL"
+    /// Ends every live session of `user` but `except`, in one statement, and at once in this
+    /// process's revocation set. Returns how many ended.
+    async fn end_sessions_of(&self, user: Uuid, except: Option<Uuid>, reason: &str) -> Result<usize> {
+        let ended: Vec<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+             WHERE user_id = $3 AND revoked_at IS NULL AND id <> $4 RETURNING id"
         )
+        .bind(now())
+        .bind(reason)
         .bind(user)
+        .bind(except.unwrap_or(Uuid::nil()))
         .fetch_all(pool)
         .await)
-        .map_err(|e| db_error("reading sessions", e))?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .map_err(|e| db_error("revoking sessions", e))?;
+        let count = ended.len();
+        self.revoke_in_memory(ended.into_iter().map(|(id,)| id), None);
+        Ok(count)
     }
 
     /// Checks an access token and says who it speaks for.
@@ -680,8 +686,7 @@ impl Auth {
     /// # Errors
     /// When the database fails.
     pub async fn logout(&self, who: &Authenticated, client: &Client) -> Result<()> {
-        self.revoke_sessions(&[who.session_id], "logout").await?;
-        self.revoke_in_memory([who.session_id], None);
+        self.end_session(who.session_id, "logout").await?;
         self.audit(Event {
             action: "logout",
             outcome: Outcome::Success,
@@ -735,16 +740,14 @@ impl Auth {
             .await
             .map(|r| r.rows_affected()))
         .map_err(|e| db_error("changing the password", e))?;
-        let others: Vec<Uuid> = self.live_sessions(id).await?.into_iter().filter(|s| *s != who.session_id).collect();
-        self.revoke_sessions(&others, "password changed").await?;
-        self.revoke_in_memory(others.iter().copied(), None);
+        let others = self.end_sessions_of(id, Some(who.session_id), "password changed").await?;
         self.audit(Event {
             action: "password_change",
             outcome: Outcome::Success,
             actor: Some(id),
             target: Some(format!("user:{id}")),
             client,
-            detail: Some(format!("{} other session(s) ended", others.len())),
+            detail: Some(format!("{others} other session(s) ended")),
         })
         .await
     }
@@ -785,9 +788,8 @@ impl Auth {
             return Err(Error::not_found("no such user"));
         }
         if disabled {
-            let sessions = self.live_sessions(id).await?;
-            self.revoke_sessions(&sessions, "account disabled").await?;
-            self.revoke_in_memory(sessions, Some(id));
+            self.end_sessions_of(id, None, "account disabled").await?;
+            self.revoke_in_memory([], Some(id));
         } else {
             self.revoked.write().unwrap_or_else(PoisonError::into_inner).users.remove(&id);
         }
@@ -824,9 +826,7 @@ impl Auth {
             .map(|r| r.rows_affected()))
         .map_err(|e| db_error("updating the account", e))?;
         if target.role != role {
-            let sessions = self.live_sessions(id).await?;
-            self.revoke_sessions(&sessions, "role changed").await?;
-            self.revoke_in_memory(sessions, None);
+            self.end_sessions_of(id, None, "role changed").await?;
         }
         self.audit(Event {
             action: "role_change",
@@ -858,7 +858,8 @@ impl Auth {
         if actor.user_id() == Some(id) {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot delete their own account"));
         }
-        let sessions = self.live_sessions(id).await?;
+        // Ended first, so that this process refuses their tokens; the rows go with the user.
+        self.end_sessions_of(id, None, "account deleted").await?;
         let deleted = on_db!(&self.db, |pool| sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(pool)
@@ -868,7 +869,7 @@ impl Auth {
         if deleted == 0 {
             return Err(Error::not_found("no such user"));
         }
-        self.revoke_in_memory(sessions, Some(id));
+        self.revoke_in_memory([], Some(id));
         self.audit(Event {
             action: "user_delete",
             outcome: Outcome::Success,
@@ -896,12 +897,6 @@ impl Auth {
     pub async fn verify_audit_log(&self, actor: &Principal) -> Result<audit::Verification> {
         require_admin(actor)?;
         audit::verify(&self.db).await
-    }
-
-    /// Counts of revoked sessions and users held in memory (for tests and metrics).
-    pub fn revocations(&self) -> HashMap<&'static str, usize> {
-        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
-        HashMap::from([("sessions", revoked.sessions.len()), ("users", revoked.users.len())])
     }
 }
 
