@@ -23,7 +23,7 @@ pub mod audit;
 pub mod password;
 pub mod token;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
@@ -108,9 +108,16 @@ pub struct Authenticated {
 /// Users and sessions whose tokens must stop working before they expire.
 #[derive(Debug, Default)]
 struct Revoked {
-    sessions: HashSet<Uuid>,
+    /// Ended sessions, with when they ended: once no access token of theirs can still be
+    /// valid, they are dropped (so the set stays as small as the recent revocations).
+    sessions: HashMap<Uuid, DateTime<Utc>>,
+    /// When `sessions` is pruned next: when it has grown past this size.
+    prune_at: usize,
     users: HashSet<Uuid>,
 }
+
+/// Below this many ended sessions in memory, none are pruned.
+const PRUNE_MIN: usize = 1024;
 
 /// The identity service of one instance.
 #[derive(Clone)]
@@ -204,8 +211,8 @@ impl Auth {
     /// token issued in them could still be valid, and every disabled user.
     async fn reload_revocations(&self) -> Result<()> {
         let since = now() - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
-        let sessions: Vec<(Uuid,)> = on_db!(&self.db, |pool| sqlx::query_as(
-            "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1"
+        let sessions: Vec<(Uuid, DateTime<Utc>)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1"
         )
         .bind(since)
         .fetch_all(pool)
@@ -217,15 +224,22 @@ impl Auth {
                 .await)
             .map_err(|e| db_error("reading disabled users", e))?;
         let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
-        revoked.sessions = sessions.into_iter().map(|(id,)| id).collect();
+        revoked.sessions = sessions.into_iter().collect();
+        revoked.prune_at = PRUNE_MIN.max(2 * revoked.sessions.len());
         revoked.users = users.into_iter().map(|(id,)| id).collect();
         Ok(())
     }
 
     fn revoke_in_memory(&self, sessions: impl IntoIterator<Item = Uuid>, user: Option<Uuid>) {
+        let at = now();
         let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
-        revoked.sessions.extend(sessions);
+        revoked.sessions.extend(sessions.into_iter().map(|id| (id, at)));
         revoked.users.extend(user);
+        if revoked.sessions.len() > revoked.prune_at {
+            let cutoff = at - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+            revoked.sessions.retain(|_, ended| *ended > cutoff);
+            revoked.prune_at = PRUNE_MIN.max(2 * revoked.sessions.len());
+        }
     }
 
     async fn audit(&self, event: Event<'_>) -> Result<()> {
@@ -675,7 +689,7 @@ impl Auth {
         if revoked.users.contains(&claims.sub) {
             return Err(Error::new(ErrorKind::Unauthenticated, "the account is disabled"));
         }
-        if revoked.sessions.contains(&claims.sid) {
+        if revoked.sessions.contains_key(&claims.sid) {
             return Err(Error::new(ErrorKind::Unauthenticated, "the session has ended; sign in again"));
         }
         Ok(Authenticated { principal: Principal::User { id: claims.sub, role: claims.role }, session_id: claims.sid })
