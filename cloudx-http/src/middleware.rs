@@ -287,11 +287,13 @@ fn new_request_id() -> HeaderValue {
         next.set(n.wrapping_add(1));
         n
     });
+    // A counter that never repeats, mixed so that consecutive ids do not look alike. The UUID
+    // version and variant take 6 of the 128 bits; two ids sharing the other 122 are as unlikely
+    // as for random v4 UUIDs.
+    let first = splitmix64(*SEED ^ n);
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&SEED.to_le_bytes());
-    bytes[8..].copy_from_slice(&splitmix64(*SEED ^ n).to_le_bytes());
-    // The counter itself keeps ids unique; the mix only keeps them from looking sequential.
-    bytes[..8].iter_mut().zip(n.to_le_bytes()).for_each(|(b, c)| *b ^= c);
+    bytes[..8].copy_from_slice(&first.to_le_bytes());
+    bytes[8..].copy_from_slice(&splitmix64(first).to_le_bytes());
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid.hyphenated().encode_lower(&mut buf);
