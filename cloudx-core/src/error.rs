@@ -87,12 +87,13 @@ pub struct Error {
     message: String,
     #[source]
     source: Option<BoxError>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
     /// An error of `kind` with a message for the user.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self { kind, message: message.into(), source: None, retry_after: None }
     }
 
     /// Attaches the underlying cause.
@@ -100,6 +101,18 @@ impl Error {
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Says when trying again may succeed (for [`ErrorKind::RateLimited`]: HTTP `Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// When trying again may succeed, if the error says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// What kind of failure this is.
