@@ -124,6 +124,7 @@ impl Cloudx {
 
     /// Closes the database pool; call before exit so SQLite checkpoints its WAL.
     pub async fn close(&self) {
+        self.inner.auth.close();
         self.inner.db.close().await;
     }
 }

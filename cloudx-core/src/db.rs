@@ -25,8 +25,10 @@ macro_rules! migrations {
     };
 }
 
-const SQLITE_MIGRATIONS: &[Embedded] = migrations!("sqlite": (1, "0001_instance"), (2, "0002_auth"));
-const POSTGRES_MIGRATIONS: &[Embedded] = migrations!("postgres": (1, "0001_instance"), (2, "0002_auth"));
+const SQLITE_MIGRATIONS: &[Embedded] =
+    migrations!("sqlite": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_ws_tickets"));
+const POSTGRES_MIGRATIONS: &[Embedded] =
+    migrations!("postgres": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_ws_tickets"));
 
 /// The Postgres advisory lock key held while migrating ("cloudx" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x636c_6f75_6478_0001;

@@ -45,7 +45,7 @@ pub mod testing;
 pub use crate::cloudx::{Check, Cloudx, Readiness};
 pub use crate::config::CloudxConfig;
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::principal::{Principal, Role};
+pub use crate::principal::{Principal, Role, Scopes};
 
 /// The version of this build, as in `Cargo.toml`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

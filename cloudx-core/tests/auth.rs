@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use cloudx_core::auth::audit::Client;
-use cloudx_core::auth::{Authenticated, NewUser};
+use cloudx_core::auth::{Authenticated, NewApiKey, NewUser};
 use cloudx_core::config::{ConfigLoader, Registration};
 use cloudx_core::testing::TestPostgres;
-use cloudx_core::{Cloudx, CloudxConfig, ErrorKind, Principal, Role};
+use cloudx_core::{Cloudx, CloudxConfig, ErrorKind, Principal, Role, Scopes};
 
 const PASSWORD: &str = "Correct-Horse-Battery-7781";
 const OTHER_PASSWORD: &str = "Unguessable-Staple-Pony-4410";
@@ -61,6 +61,11 @@ on_both!(
     disabling_a_user_stops_their_tokens_at_once,
     role_changes_and_the_last_admin,
     the_audit_chain_detects_an_edited_row,
+    api_keys_are_shown_once_scoped_and_revocable,
+    invites_are_one_time_and_give_their_role,
+    websocket_tickets_work_once,
+    repeated_failed_logins_are_delayed_alike_for_unknown_emails,
+    other_nodes_hear_of_revocations,
 );
 
 async fn first_account_is_admin_and_registration_follows_the_setting(postgres: bool) {
@@ -80,7 +85,7 @@ async fn first_account_is_admin_and_registration_follows_the_setting(postgres: b
     assert_eq!(bob.role, Role::Member);
     let dup = auth.add_user(&Principal::System, new_user("BOB@example.com", PASSWORD), Role::Member, &client()).await;
     assert_eq!(dup.unwrap_err().kind(), ErrorKind::Conflict);
-    let member = Principal::User { id: bob.id, role: Role::Member };
+    let member = Principal::user(bob.id, Role::Member);
     let denied = auth.add_user(&member, new_user("eve@example.com", PASSWORD), Role::Admin, &client()).await;
     assert_eq!(denied.unwrap_err().kind(), ErrorKind::PermissionDenied);
     // Bad input names the rule.
@@ -122,7 +127,7 @@ async fn unknown_user_and_wrong_password_get_the_same_answer(postgres: bool) {
     );
     let (user, tokens) = auth.login("ADA@example.com ", PASSWORD, &client()).await.unwrap();
     let who = auth.authenticate(&tokens.access_token).unwrap();
-    assert_eq!(who.principal, Principal::User { id: user.id, role: Role::Admin });
+    assert_eq!(who.principal, Principal::user(user.id, Role::Admin));
     assert_eq!(auth.me(&who.principal).await.unwrap().email, "ada@example.com");
 }
 
@@ -215,11 +220,11 @@ async fn disabling_a_user_stops_their_tokens_at_once(postgres: bool) {
     let Some(i) = instance(postgres, |_| {}).await else { return };
     let auth = i.cx.auth();
     let admin = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
-    let admin = Principal::User { id: admin.id, role: Role::Admin };
+    let admin = Principal::user(admin.id, Role::Admin);
     let bob = auth.add_user(&admin, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
     let (_, tokens) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
     auth.authenticate(&tokens.access_token).unwrap();
-    let bob_principal = Principal::User { id: bob.id, role: Role::Member };
+    let bob_principal = Principal::user(bob.id, Role::Member);
     assert_eq!(
         auth.set_disabled(&bob_principal, bob.id, true, &client()).await.unwrap_err().kind(),
         ErrorKind::PermissionDenied
@@ -249,7 +254,7 @@ async fn role_changes_and_the_last_admin(postgres: bool) {
     let Some(i) = instance(postgres, |_| {}).await else { return };
     let auth = i.cx.auth();
     let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
-    let ada_p = Principal::User { id: ada.id, role: Role::Admin };
+    let ada_p = Principal::user(ada.id, Role::Admin);
     let err = auth.set_role(&ada_p, ada.id, Role::Member, &client()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     let bob = auth.add_user(&ada_p, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
@@ -275,7 +280,7 @@ async fn the_audit_chain_detects_an_edited_row(postgres: bool) {
     assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["login", "login", "register"]);
     assert_eq!(log[1].outcome, "failure");
     assert_eq!(log[0].ip.as_deref(), Some("127.0.0.1"));
-    let member = Principal::User { id: uuid::Uuid::now_v7(), role: Role::Member };
+    let member = Principal::user(uuid::Uuid::now_v7(), Role::Member);
     assert_eq!(auth.audit_log(&member, None, 10).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
 
     // The table refuses edits; someone with the database's keys can still force one, and the
@@ -310,4 +315,214 @@ async fn the_audit_chain_detects_an_edited_row(postgres: bool) {
             assert!(!stored.contains(secret), "a secret was stored in the clear");
         }
     }
+}
+
+async fn api_keys_are_shown_once_scoped_and_revocable(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let admin = Principal::user(ada.id, Role::Admin);
+    let bob = auth.add_user(&admin, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
+    let bob_p = Principal::user(bob.id, Role::Member);
+    let new = |scopes: Scopes| NewApiKey { name: "laptop".into(), scopes, expires_at: None };
+    let created = auth.create_api_key(&bob_p, new(Scopes::READ), &client()).await.unwrap();
+    assert!(created.secret.starts_with("cxk_") && created.secret.starts_with(&created.key.prefix));
+    assert!(!format!("{created:?}").contains(&created.secret), "Debug hides the secret");
+    let who = auth.authenticate_bearer(&created.secret).await.unwrap();
+    assert_eq!(who.session_id, None);
+    assert_eq!(who.principal.user_id(), Some(bob.id));
+    assert_eq!(who.principal.scopes(), Scopes::READ);
+    assert_eq!(who.principal.require(Scopes::WRITE).unwrap_err().kind(), ErrorKind::PermissionDenied);
+    // Listed with prefix and last use, never with the secret.
+    let listed = auth.list_api_keys(&bob_p).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].prefix, created.key.prefix);
+    assert!(listed[0].last_used_at.is_some());
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&created.secret));
+    // A key cannot mint keys; a member's key cannot be admin; the expiry must be ahead.
+    assert_eq!(
+        auth.create_api_key(&who.principal, new(Scopes::READ), &client()).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        auth.create_api_key(&bob_p, new(Scopes::ALL), &client()).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    let past = NewApiKey { expires_at: Some(chrono::Utc::now() - chrono::Duration::hours(1)), ..new(Scopes::READ) };
+    assert_eq!(auth.create_api_key(&bob_p, past, &client()).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    // An administrator's key without the admin scope is not an administrator.
+    let ada_key = auth.create_api_key(&admin, new(Scopes::READ), &client()).await.unwrap();
+    let ada_by_key = auth.authenticate_bearer(&ada_key.secret).await.unwrap().principal;
+    assert_eq!(auth.list_users(&ada_by_key).await.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    // Another user's key is not found; revocation stops the key at once.
+    assert_eq!(auth.revoke_api_key(&bob_p, ada_key.key.id, &client()).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(auth.revoke_api_key(&bob_p, created.key.id, &client()).await.unwrap().revoked_at.is_some());
+    let refused = auth.authenticate_bearer(&created.secret).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unauthenticated);
+    assert!(refused.message().contains("revoked"));
+    // A disabled owner's keys stop too; unknown keys get the generic answer.
+    let key2 = auth.create_api_key(&bob_p, new(Scopes::READ), &client()).await.unwrap();
+    auth.set_disabled(&admin, bob.id, true, &client()).await.unwrap();
+    assert!(auth.authenticate_bearer(&key2.secret).await.is_err());
+    assert!(auth.authenticate_bearer("cxk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await.is_err());
+    // An expired key stops.
+    let soon =
+        NewApiKey { expires_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(300)), ..new(Scopes::READ) };
+    let short = auth.create_api_key(&admin, soon, &client()).await.unwrap();
+    auth.authenticate_bearer(&short.secret).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(auth.authenticate_bearer(&short.secret).await.unwrap_err().message().contains("expired"));
+    // Logging out or changing the password with a key is refused with a clear message.
+    let ada_who = auth.authenticate_bearer(&ada_key.secret).await.unwrap();
+    assert!(auth.logout(&ada_who, &client()).await.unwrap_err().message().contains("revoke the key"));
+    let log = auth.audit_log(&admin, None, 100).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "api_key_create") && log.iter().any(|e| e.action == "api_key_revoke"));
+}
+
+async fn invites_are_one_time_and_give_their_role(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let admin = Principal::user(ada.id, Role::Admin);
+    let invite = auth.create_invite(&admin, Role::Member, None, &client()).await.unwrap();
+    assert!(invite.code.starts_with("cxi_"));
+    let member = Principal::user(uuid::Uuid::now_v7(), Role::Member);
+    assert_eq!(
+        auth.create_invite(&member, Role::Member, None, &client()).await.unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    // A registration that fails (bad password) leaves the invite usable.
+    let weak = auth.register(new_user("bob@example.com", "password"), Some(&invite.code), &client()).await;
+    assert_eq!(weak.unwrap_err().kind(), ErrorKind::InvalidInput);
+    // Two registrations with one code at once: exactly one account.
+    let from = client();
+    let (a, b) = tokio::join!(
+        auth.register(new_user("bob@example.com", PASSWORD), Some(&invite.code), &from),
+        auth.register(new_user("carl@example.com", PASSWORD), Some(&invite.code), &from),
+    );
+    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    let bob = a.or(b).unwrap();
+    assert_eq!(bob.role, Role::Member);
+    let again = auth.register(new_user("dan@example.com", PASSWORD), Some(&invite.code), &client()).await;
+    assert_eq!(again.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    let bogus = auth.register(new_user("dan@example.com", PASSWORD), Some("cxi_nope"), &client()).await;
+    assert_eq!(bogus.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    // An admin invite makes an admin; the list shows who used what, never the code.
+    let second = auth.create_invite(&admin, Role::Admin, Some(Duration::from_secs(3600)), &client()).await.unwrap();
+    let eve = auth.register(new_user("eve@example.com", PASSWORD), Some(&second.code), &client()).await.unwrap();
+    assert_eq!(eve.role, Role::Admin);
+    let listed = auth.list_invites(&admin).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].used_by, Some(eve.id));
+    assert_eq!(listed[1].used_by, Some(bob.id));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&second.code));
+    assert_eq!(
+        auth.create_invite(&admin, Role::Member, Some(Duration::from_secs(1)), &client()).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+async fn websocket_tickets_work_once(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let (_, tokens) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let who = auth.authenticate(&tokens.access_token).unwrap();
+    let ticket = auth.issue_ws_ticket(&who.principal).await.unwrap();
+    assert!(ticket.ticket.starts_with("cxt_") && ticket.expires_in == 30);
+    // A ticket is not a bearer credential.
+    assert!(auth.authenticate_bearer(&ticket.ticket).await.is_err());
+    assert_eq!(auth.redeem_ws_ticket(&ticket.ticket).await.unwrap(), Principal::user(ada.id, Role::Admin));
+    assert_eq!(auth.redeem_ws_ticket(&ticket.ticket).await.unwrap_err().kind(), ErrorKind::Unauthenticated);
+    assert!(auth.redeem_ws_ticket("cxt_unknown").await.is_err());
+    // A key's ticket keeps the key's scopes, and dies with the key.
+    let key = auth
+        .create_api_key(
+            &who.principal,
+            NewApiKey { name: "ci".into(), scopes: Scopes::READ, expires_at: None },
+            &client(),
+        )
+        .await
+        .unwrap();
+    let by_key = auth.authenticate_bearer(&key.secret).await.unwrap().principal;
+    let t1 = auth.issue_ws_ticket(&by_key).await.unwrap();
+    assert_eq!(auth.redeem_ws_ticket(&t1.ticket).await.unwrap().scopes(), Scopes::READ);
+    let t2 = auth.issue_ws_ticket(&by_key).await.unwrap();
+    auth.revoke_api_key(&who.principal, key.key.id, &client()).await.unwrap();
+    assert!(auth.redeem_ws_ticket(&t2.ticket).await.is_err());
+}
+
+async fn repeated_failed_logins_are_delayed_alike_for_unknown_emails(postgres: bool) {
+    let Some(i) = instance(postgres, |c| {
+        c.auth.login_delay_after = 2;
+        c.auth.login_delay_max = Duration::from_secs(30);
+    })
+    .await
+    else {
+        return;
+    };
+    let auth = i.cx.auth();
+    auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    for email in ["ada@example.com", "nobody@example.com"] {
+        for _ in 0..3 {
+            let err = auth.login(email, OTHER_PASSWORD, &client()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{email}");
+        }
+        // The third failure imposed a delay: even the right password waits it out.
+        let delayed = auth.login(email, PASSWORD, &client()).await.unwrap_err();
+        assert_eq!(delayed.kind(), ErrorKind::RateLimited, "{email}");
+        let wait = delayed.retry_after().unwrap();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(delayed.message().contains("try again in 1 s"), "{}", delayed.message());
+    }
+    // Other accounts are unaffected; once the delay has passed, the right password works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
+    let log = auth.audit_log(&Principal::System, None, 100).await.unwrap();
+    assert!(log.iter().any(|e| e.detail.as_deref().is_some_and(|d| d.contains("next attempt delayed 1 s"))));
+}
+
+async fn other_nodes_hear_of_revocations(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let node_a = i.cx.auth();
+    let other = Cloudx::connect(i.cx.config().clone()).await.unwrap();
+    let node_b = other.auth();
+    let ada = node_a.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let admin = Principal::user(ada.id, Role::Admin);
+    let bob = node_a.add_user(&admin, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
+    let (_, first) = node_a.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    let (_, second) = node_a.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    node_b.authenticate(&first.access_token).unwrap();
+    // Postgres tells the other node at once (NOTIFY); SQLite's other processes poll every second.
+    let heard = |token: String| {
+        let node_b = node_b.clone();
+        async move {
+            for _ in 0..300 {
+                if node_b.authenticate(&token).is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    let who = node_a.authenticate(&first.access_token).unwrap();
+    node_a.logout(&who, &client()).await.unwrap();
+    assert!(heard(first.access_token.clone()).await, "node B still accepts a logged-out session");
+    node_b.authenticate(&second.access_token).unwrap();
+    node_a.set_disabled(&admin, bob.id, true, &client()).await.unwrap();
+    assert!(heard(second.access_token.clone()).await, "node B still accepts a disabled user");
+    // Enabling is heard too: a new login works on node B.
+    node_a.set_disabled(&admin, bob.id, false, &client()).await.unwrap();
+    let (_, third) = node_a.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    let mut accepted = false;
+    for _ in 0..300 {
+        if node_b.authenticate(&third.access_token).is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(accepted, "node B did not hear that the user was enabled again");
+    other.close().await;
 }

@@ -19,9 +19,14 @@
 //!   revoke sessions, and their access tokens stop working at once: every access-token check
 //!   consults an in-memory revocation set that these calls update.
 
+mod api_keys;
 pub mod audit;
+mod invites;
 pub mod password;
+mod throttle;
+mod tickets;
 pub mod token;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -30,9 +35,14 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+pub use self::api_keys::{API_KEY_PREFIX, ApiKey, CreatedApiKey, NewApiKey};
 use self::audit::{Client, Event, Outcome};
+pub use self::invites::{CreatedInvite, DEFAULT_INVITE_TTL, INVITE_PREFIX, Invite};
 use self::password::{Hasher, Verified};
+use self::throttle::LoginThrottle;
+pub use self::tickets::{TICKET_PREFIX, TICKET_TTL, WsTicket};
 use self::token::Keys;
+use self::watch::Change;
 use crate::config::{AuthConfig, Registration};
 use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
@@ -96,13 +106,13 @@ impl std::fmt::Debug for NewUser {
     }
 }
 
-/// Who an access token speaks for.
+/// Who a bearer credential speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     /// The acting principal.
     pub principal: Principal,
-    /// The session of the token.
-    pub session_id: Uuid,
+    /// The session of an access token; `None` for an API key.
+    pub session_id: Option<Uuid>,
 }
 
 /// Users and sessions whose tokens must stop working before they expire.
@@ -114,6 +124,8 @@ struct Revoked {
     /// When `sessions` is pruned next: when it has grown past this size.
     prune_at: usize,
     users: HashSet<Uuid>,
+    /// Counts changes, so that a reload can tell whether the set changed while it read.
+    generation: u64,
 }
 
 /// Below this many ended sessions in memory, none are pruned.
@@ -127,6 +139,19 @@ pub struct Auth {
     hasher: Hasher,
     keys: Keys,
     revoked: Arc<RwLock<Revoked>>,
+    throttle: Arc<LoginThrottle>,
+    watch: Arc<Watch>,
+}
+
+/// The task that keeps the revocation set in step with other processes; stopped when the last
+/// [`Auth`] goes away or on [`Auth::close`].
+#[derive(Debug)]
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -196,43 +221,32 @@ impl Auth {
     /// # Errors
     /// When the configuration is unusable or the database fails.
     pub async fn open(db: Database, config: &AuthConfig, jwt_secret: &[u8]) -> Result<Self> {
-        let auth = Self {
+        let keys = Keys::hs256(jwt_secret, config);
+        // Sessions ended longer ago than this have no valid access token left.
+        let horizon = keys.ttl() + chrono::Duration::from_std(config.leeway).unwrap_or_default();
+        let revoked = Arc::new(RwLock::new(Revoked::default()));
+        watch::reload(&db, &revoked, horizon).await?;
+        let watch = Watch(watch::spawn(db.clone(), Arc::downgrade(&revoked), horizon));
+        Ok(Self {
             hasher: Hasher::new(config)?,
-            keys: Keys::hs256(jwt_secret, config),
+            keys,
+            throttle: Arc::new(LoginThrottle::new(config.login_delay_after, config.login_delay_max)),
             config: Arc::new(config.clone()),
             db,
-            revoked: Arc::default(),
-        };
-        auth.reload_revocations().await?;
-        Ok(auth)
+            revoked,
+            watch: Arc::new(watch),
+        })
     }
 
-    /// Reads again which sessions and users are revoked: sessions revoked while an access
-    /// token issued in them could still be valid, and every disabled user.
-    async fn reload_revocations(&self) -> Result<()> {
-        let since = now() - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
-        let sessions: Vec<(Uuid, DateTime<Utc>)> = on_db!(&self.db, |pool| sqlx::query_as(
-            "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1"
-        )
-        .bind(since)
-        .fetch_all(pool)
-        .await)
-        .map_err(|e| db_error("reading revoked sessions", e))?;
-        let users: Vec<(Uuid,)> =
-            on_db!(&self.db, |pool| sqlx::query_as("SELECT id FROM users WHERE disabled_at IS NOT NULL")
-                .fetch_all(pool)
-                .await)
-            .map_err(|e| db_error("reading disabled users", e))?;
-        let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
-        revoked.sessions = sessions.into_iter().collect();
-        revoked.prune_at = PRUNE_MIN.max(2 * revoked.sessions.len());
-        revoked.users = users.into_iter().map(|(id,)| id).collect();
-        Ok(())
+    /// Stops listening for other processes' revocations (before the database pool closes).
+    pub fn close(&self) {
+        self.watch.0.abort();
     }
 
     fn revoke_in_memory(&self, sessions: impl IntoIterator<Item = Uuid>, user: Option<Uuid>) {
         let at = now();
         let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        revoked.generation += 1;
         revoked.sessions.extend(sessions.into_iter().map(|id| (id, at)));
         revoked.users.extend(user);
         if revoked.sessions.len() > revoked.prune_at {
@@ -257,15 +271,25 @@ impl Auth {
         let email = normalize_email(&new.email)?;
         let display_name = check_display_name(&new.display_name)?;
         password::check_policy(&new.password, self.config.password_min_length, &email)?;
-        let hash = self.hasher.hash(&new.password).await?;
         let first = self.user_count().await? == 0;
         let role = if first {
             Role::Admin
         } else {
             match (self.config.registration, invite) {
-                (Registration::Open, _) => Role::Member,
-                (Registration::Invite, Some(_)) => {
-                    return Err(Error::new(ErrorKind::PermissionDenied, "invite codes are not accepted yet"));
+                (Registration::Open, None) => Role::Member,
+                (Registration::Open | Registration::Invite, Some(code)) => {
+                    let hash = self.hasher.hash(&new.password).await?;
+                    let user = self.insert_invited_user(code, &email, &display_name, &hash).await?;
+                    self.audit(Event {
+                        action: "register",
+                        outcome: Outcome::Success,
+                        actor: Some(user.id),
+                        target: Some(format!("user:{}", user.id)),
+                        client,
+                        detail: Some(format!("role {}, by invite", role_str(user.role))),
+                    })
+                    .await?;
+                    return Ok(user);
                 }
                 (Registration::Invite, None) => {
                     return Err(Error::new(
@@ -281,6 +305,7 @@ impl Auth {
                 }
             }
         };
+        let hash = self.hasher.hash(&new.password).await?;
         let user = self.insert_user(&email, &display_name, &hash, role).await?;
         self.audit(Event {
             action: "register",
@@ -384,16 +409,21 @@ impl Auth {
     /// [`ErrorKind::Unauthenticated`] for wrong credentials.
     pub async fn login(&self, email: &str, password: &str, client: &Client) -> Result<(User, Tokens)> {
         let email = email.trim().to_lowercase();
+        self.throttle.check(&email)?;
         let found =
             if password.len() > password::MAX_PASSWORD_BYTES { None } else { self.find_by_email(&email).await? };
         let verified = self.hasher.verify(password, found.as_ref().map(|(_, hash)| hash.as_str())).await?;
         let user = match (found, &verified) {
             (Some((user, _)), Verified::Yes | Verified::YesRehashed(_)) if !user.disabled => user,
             (found, _) => {
-                let detail = match &found {
+                let why = match &found {
                     Some((user, _)) if user.disabled => "account disabled",
                     Some(_) => "wrong password",
                     None => "no such account",
+                };
+                let detail = match self.throttle.failed(&email) {
+                    Some(delay) => format!("{why}; next attempt delayed {} s", delay.as_secs()),
+                    None => why.to_owned(),
                 };
                 self.audit(Event {
                     action: "login",
@@ -401,7 +431,7 @@ impl Auth {
                     actor: None,
                     target: Some(found.map_or_else(|| format!("email:{email}"), |(u, _)| format!("user:{}", u.id))),
                     client,
-                    detail: Some(detail.into()),
+                    detail: Some(detail),
                 })
                 .await?;
                 return Err(bad_credentials());
@@ -417,6 +447,7 @@ impl Auth {
                 .map(|r| r.rows_affected()))
             .map_err(|e| db_error("updating the password hash", e))?;
         }
+        self.throttle.succeeded(&email);
         let tokens = self.open_session(&user, client).await?;
         self.audit(Event {
             action: "login",
@@ -656,7 +687,7 @@ impl Auth {
         .map(|r| r.rows_affected()))
         .map_err(|e| db_error("revoking a session", e))?;
         self.revoke_in_memory([session], None);
-        Ok(())
+        watch::announce(&self.db, Change::Sessions(&[session])).await
     }
 
     /// Ends every live session of `user` but `except`, in one statement, and at once in this
@@ -673,9 +704,10 @@ impl Auth {
         .fetch_all(pool)
         .await)
         .map_err(|e| db_error("revoking sessions", e))?;
-        let count = ended.len();
-        self.revoke_in_memory(ended.into_iter().map(|(id,)| id), None);
-        Ok(count)
+        let ended: Vec<Uuid> = ended.into_iter().map(|(id,)| id).collect();
+        self.revoke_in_memory(ended.iter().copied(), None);
+        watch::announce(&self.db, Change::Sessions(&ended)).await?;
+        Ok(ended.len())
     }
 
     /// Checks an access token and says who it speaks for.
@@ -692,7 +724,7 @@ impl Auth {
         if revoked.sessions.contains_key(&claims.sid) {
             return Err(Error::new(ErrorKind::Unauthenticated, "the session has ended; sign in again"));
         }
-        Ok(Authenticated { principal: Principal::User { id: claims.sub, role: claims.role }, session_id: claims.sid })
+        Ok(Authenticated { principal: Principal::user(claims.sub, claims.role), session_id: Some(claims.sid) })
     }
 
     /// Ends the session of `who`: its refresh token and access tokens stop working.
@@ -700,16 +732,42 @@ impl Auth {
     /// # Errors
     /// When the database fails.
     pub async fn logout(&self, who: &Authenticated, client: &Client) -> Result<()> {
-        self.end_session(who.session_id, "logout").await?;
+        let session = who.session_id.ok_or_else(|| {
+            Error::invalid("an API key has no session to end; revoke the key instead (DELETE /api/v1/api-keys/{id})")
+        })?;
+        self.end_session(session, "logout").await?;
         self.audit(Event {
             action: "logout",
             outcome: Outcome::Success,
             actor: who.principal.user_id(),
-            target: Some(format!("session:{}", who.session_id)),
+            target: Some(format!("session:{session}")),
             client,
             detail: None,
         })
         .await
+    }
+
+    /// The principal of the account with `email`, for the local system principal to act as
+    /// that user (`cloudx apikey create --user`, the embedded Python's `as_user`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] unless `actor` is the system principal,
+    /// [`ErrorKind::NotFound`] for an unknown email, [`ErrorKind::Conflict`] for a disabled account.
+    pub async fn principal_for(&self, actor: &Principal, email: &str) -> Result<Principal> {
+        if *actor != Principal::System {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "only the local system principal can act as another user",
+            ));
+        }
+        let (user, _) = self
+            .find_by_email(&email.trim().to_lowercase())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no account has the email {}", email.trim())))?;
+        if user.disabled {
+            return Err(Error::new(ErrorKind::Conflict, format!("the account {} is disabled", user.email)));
+        }
+        Ok(Principal::user(user.id, user.role))
     }
 
     /// The acting user's own account.
@@ -730,6 +788,12 @@ impl Auth {
     /// the new password breaks the policy.
     pub async fn change_password(&self, who: &Authenticated, current: &str, new: &str, client: &Client) -> Result<()> {
         let id = who.principal.user_id().ok_or_else(|| Error::invalid("the local system principal has no password"))?;
+        let Some(session) = who.session_id else {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "changing the password needs a signed-in session, not an API key",
+            ));
+        };
         let (user, hash) =
             self.find_by_id(id).await?.ok_or_else(|| Error::not_found("the account no longer exists"))?;
         if self.hasher.verify(current, Some(&hash)).await? == Verified::No {
@@ -754,7 +818,7 @@ impl Auth {
             .await
             .map(|r| r.rows_affected()))
         .map_err(|e| db_error("changing the password", e))?;
-        let others = self.end_sessions_of(id, Some(who.session_id), "password changed").await?;
+        let others = self.end_sessions_of(id, Some(session), "password changed").await?;
         self.audit(Event {
             action: "password_change",
             outcome: Outcome::Success,
@@ -804,8 +868,14 @@ impl Auth {
         if disabled {
             self.end_sessions_of(id, None, "account disabled").await?;
             self.revoke_in_memory([], Some(id));
+            watch::announce(&self.db, Change::UserRevoked(id)).await?;
         } else {
-            self.revoked.write().unwrap_or_else(PoisonError::into_inner).users.remove(&id);
+            {
+                let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+                revoked.generation += 1;
+                revoked.users.remove(&id);
+            }
+            watch::announce(&self.db, Change::UserEnabled(id)).await?;
         }
         self.audit(Event {
             action: if disabled { "user_disable" } else { "user_enable" },
@@ -884,6 +954,7 @@ impl Auth {
             return Err(Error::not_found("no such user"));
         }
         self.revoke_in_memory([], Some(id));
+        watch::announce(&self.db, Change::UserRevoked(id)).await?;
         self.audit(Event {
             action: "user_delete",
             outcome: Outcome::Success,

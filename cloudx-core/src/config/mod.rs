@@ -311,6 +311,11 @@ pub struct AuthConfig {
     pub argon2_parallelism: u32,
     /// Password hashes computed at once (each uses `argon2_memory_kib`); 0 means one per core.
     pub hash_concurrency: u32,
+    /// Failed logins in a row an account is allowed before each further attempt is delayed.
+    pub login_delay_after: u32,
+    /// The longest delay between login attempts of an account (the delay doubles from 1 s).
+    #[serde(with = "humantime_serde")]
+    pub login_delay_max: Duration,
 }
 
 impl Default for AuthConfig {
@@ -329,6 +334,8 @@ impl Default for AuthConfig {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             hash_concurrency: 0,
+            login_delay_after: 5,
+            login_delay_max: Duration::from_secs(60),
         }
     }
 }
@@ -359,6 +366,15 @@ pub struct HttpConfig {
     /// On SIGTERM, how long in-flight requests have to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// API requests per minute from one client address (bursts up to the same); 0 for no limit.
+    pub rate_limit_per_ip: u32,
+    /// API requests per minute by one user (all their sessions and keys); 0 for no limit.
+    pub rate_limit_per_user: u32,
+    /// Requests per minute from one client address to the credential routes (login,
+    /// register, refresh, password); 0 for no limit.
+    pub auth_rate_limit_per_ip: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -373,6 +389,10 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(60),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            rate_limit_per_ip: 600,
+            rate_limit_per_user: 1200,
+            auth_rate_limit_per_ip: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -508,6 +528,13 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
                 format!("must be {} to {}", humantime::format_duration(min), humantime::format_duration(max)),
             ));
         }
+    }
+    if auth.login_delay_max < Duration::from_secs(1) || auth.login_delay_max > Duration::from_secs(3600) {
+        problems.push(value_problem(
+            "auth.login_delay_max",
+            &humantime::format_duration(auth.login_delay_max),
+            "must be 1s to 1h".into(),
+        ));
     }
     if auth.access_token_ttl >= auth.session_ttl {
         problems.push(ConfigProblem::new(

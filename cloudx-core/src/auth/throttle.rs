@@ -1,0 +1,120 @@
+//! The progressive delay on failed logins, per account: after `auth.login_delay_after`
+//! failures in a row, each further attempt must wait 1 s, then 2 s, 4 s, ... up to
+//! `auth.login_delay_max`, and an attempt made sooner is refused with `RateLimited` and the
+//! time to wait, without looking at the password. It is keyed by the email as typed
+//! (lower-cased), so an unknown email is slowed down exactly like a real one and the delay
+//! tells nothing about which accounts exist. A successful login clears it.
+//!
+//! The state is per process: behind a load balancer each node slows an attacker down on its own,
+//! which bounds guessing at (nodes × the rate one node allows).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Failures older than this are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Past this many remembered emails, forgotten ones are swept out.
+const SWEEP_AT: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    wait_until: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct LoginThrottle {
+    free: u32,
+    max: Duration,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+impl LoginThrottle {
+    pub(crate) fn new(free: u32, max: Duration) -> Self {
+        Self { free, max, failures: Mutex::default() }
+    }
+
+    /// Refuses an attempt made before the account's delay has passed.
+    pub(crate) fn check(&self, email: &str) -> Result<()> {
+        let now = Instant::now();
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match failures.get(email) {
+            Some(f) if f.wait_until > now => {
+                let wait = f.wait_until - now;
+                Err(Error::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "too many failed sign-ins for this account; try again in {} s",
+                        wait.as_secs_f64().ceil() as u64
+                    ),
+                )
+                .with_retry_after(wait))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt; returns the delay now imposed, if any.
+    pub(crate) fn failed(&self, email: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= SWEEP_AT {
+            failures.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+        }
+        let entry = failures.entry(email.to_owned()).or_insert(Failures { count: 0, last: now, wait_until: now });
+        if now.duration_since(entry.last) >= FORGET_AFTER {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        if entry.count <= self.free {
+            return None;
+        }
+        let over = entry.count - self.free;
+        let delay = Duration::from_secs(1u64 << (over - 1).min(20)).min(self.max);
+        entry.wait_until = now + delay;
+        Some(delay)
+    }
+
+    /// Clears the account's failures.
+    pub(crate) fn succeeded(&self, email: &str) {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(email);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_start_after_the_free_failures_and_double_up_to_the_maximum() {
+        let throttle = LoginThrottle::new(3, Duration::from_secs(5));
+        for _ in 0..3 {
+            assert_eq!(throttle.failed("a@example.com"), None);
+            throttle.check("a@example.com").unwrap();
+        }
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(1)));
+        let refused = throttle.check("a@example.com").unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::RateLimited);
+        assert!(refused.retry_after().unwrap() <= Duration::from_secs(1));
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(2)));
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(4)));
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(5)));
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(5)));
+        // Other accounts are not affected; success clears.
+        throttle.check("b@example.com").unwrap();
+        throttle.succeeded("a@example.com");
+        throttle.check("a@example.com").unwrap();
+    }
+
+    #[test]
+    fn zero_free_failures_delays_from_the_first() {
+        let throttle = LoginThrottle::new(0, Duration::from_secs(60));
+        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(1)));
+    }
+}
