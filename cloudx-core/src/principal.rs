@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// The global role of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Manages users, invites, the audit log and every project.
@@ -105,6 +106,27 @@ impl serde::Serialize for Scopes {
         serializer.collect_seq(self.names())
     }
 }
+
+impl<'de> serde::Deserialize<'de> for Scopes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(deserializer)?;
+        Scopes::parse(names.iter().map(String::as_str)).map_err(|e| serde::de::Error::custom(e.message()))
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Scopes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(Self::NAMES.map(|(_, n)| n))))
+            .description(Some("Scopes: `read`, `write`, `exec`, `admin`"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Scopes {}
 
 /// The acting identity of a facade call.
 ///

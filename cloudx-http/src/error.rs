@@ -94,14 +94,16 @@ impl Problem {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    problem: Problem,
+    /// Boxed: errors are rare, and a small `Result` keeps every handler's future small.
+    problem: Box<Problem>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     /// An error of `kind` with a message for the client.
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         let status = status_for(kind);
-        Self { status, problem: Problem::new(status, kind.code(), detail) }
+        Self { status, problem: Box::new(Problem::new(status, kind.code(), detail)), retry_after: None }
     }
 
     /// Replaces the stable code (for failures that are not one of the core's kinds).
@@ -139,7 +141,9 @@ impl From<cloudx_core::Error> for ApiError {
             }
             _ => {}
         }
-        Self::new(err.kind(), err.message())
+        let mut api = Self::new(err.kind(), err.message());
+        api.retry_after = err.retry_after();
+        api
     }
 }
 
@@ -149,6 +153,11 @@ impl IntoResponse for ApiError {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: retrying early would only be refused again.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

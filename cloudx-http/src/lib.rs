@@ -4,6 +4,7 @@
 //! [`Server`] serves it on a socket with the protections axum's own `serve` lacks: a header-read timeout, a connection
 //! cap, request-head size limits and a graceful shutdown that waits for in-flight requests.
 
+pub mod auth;
 pub mod error;
 pub mod logging;
 pub mod metrics;

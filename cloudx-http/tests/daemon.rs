@@ -1,70 +1,15 @@
 //! The daemon served on a real socket: ops endpoints, problem documents, headers, limits,
 //! timeouts, the connection cap and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use cloudx_core::Cloudx;
-use cloudx_core::config::ConfigLoader;
-use cloudx_http::{App, AppState, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
-struct Daemon {
-    addr: SocketAddr,
-    cx: Cloudx,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Daemon {
-    async fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_with(env, |router| router).await
-    }
-
-    /// Starts a daemon on a random port, with `extra` applied to the router (for test routes).
-    async fn start_with(env: &[(&str, &str)], extra: impl FnOnce(axum::Router) -> axum::Router) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_str().unwrap().to_owned();
-        let mut vars = vec![("CLOUDX_DATA_DIR", data_dir.as_str()), ("CLOUDX_HTTP__BIND", "127.0.0.1:0")];
-        vars.extend_from_slice(env);
-        let config = ConfigLoader::new().env(vars).load().unwrap();
-        let cx = Cloudx::connect(config.clone()).await.unwrap();
-        let app = App::new(extra(cloudx_http::router(AppState::new(cx.clone()))), &config.http);
-        let server = Server::bind(app, &config.http).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let done = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, cx, stop: Some(stop), done, _dir: dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(self.url(path)).await.unwrap()
-    }
-
-    async fn stop(mut self) -> std::io::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        self.done.await.unwrap()
-    }
-}
-
-async fn problem(response: reqwest::Response) -> serde_json::Value {
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["request_id"], request_id, "the problem carries the request id of the header");
-    assert_eq!(body["type"], "about:blank");
-    body
-}
+use common::{Daemon, problem};
 
 #[tokio::test]
 async fn ops_endpoints_answer() {

@@ -3,7 +3,7 @@
 //! to recognise it by. Every use reads the key's row, so a revocation holds at once on every node.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::audit::{Client, Event, Outcome};
@@ -26,7 +26,8 @@ const MAX_KEYS_PER_USER: i64 = 100;
 const LAST_USED_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
 /// An API key as listed (never with its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKey {
     /// The key's id.
     pub id: Uuid,
@@ -58,7 +59,8 @@ pub struct NewApiKey {
 }
 
 /// A key just created: the only time its secret is available.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedApiKey {
     /// The key as it will be listed.
     #[serde(flatten)]

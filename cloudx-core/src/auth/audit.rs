@@ -2,7 +2,7 @@
 //! by a SHA-256 hash so that an edited, inserted or deleted row is detected by [`verify`].
 
 use chrono::{DateTime, SubsecRound as _, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
@@ -29,7 +29,8 @@ impl Client {
 }
 
 /// Whether the recorded action succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It was done.
@@ -65,7 +66,8 @@ pub struct Event<'a> {
 }
 
 /// A row of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entry {
     /// Position in the log, from 1, without gaps.
     pub seq: i64,
@@ -108,7 +110,8 @@ impl Entry {
 }
 
 /// The result of checking the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Verification {
     /// Rows checked.
     pub rows: i64,

@@ -3,7 +3,7 @@
 //! registration that presents it, in the same transaction that creates the account.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::audit::{Client, Event, Outcome};
@@ -22,7 +22,8 @@ pub const DEFAULT_INVITE_TTL: std::time::Duration = std::time::Duration::from_se
 const MAX_INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
 
 /// An invite as listed (never with its code).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invite {
     /// The invite's id.
     pub id: Uuid,
@@ -41,7 +42,8 @@ pub struct Invite {
 }
 
 /// An invite just created: the only time its code is available.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedInvite {
     /// The invite as it will be listed.
     #[serde(flatten)]

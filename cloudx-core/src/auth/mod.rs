@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use self::api_keys::{API_KEY_PREFIX, ApiKey, CreatedApiKey, NewApiKey};
@@ -52,7 +52,8 @@ use crate::principal::{Principal, Role};
 pub const REFRESH_PREFIX: &str = "cxr_";
 
 /// An account as shown to its owner and to administrators (never with its password hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// The account id.
     pub id: Uuid,
@@ -69,12 +70,13 @@ pub struct User {
 }
 
 /// What a successful login or refresh hands to the client.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tokens {
     /// The JWT to send as `Authorization: Bearer ...`.
     pub access_token: String,
     /// Always `Bearer`.
-    pub token_type: &'static str,
+    pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: i64,
     /// The opaque token that gets the next access token, once.
@@ -493,7 +495,7 @@ impl Auth {
         on_db!(&self.db, |pool| insert!(pool)).map_err(|e| db_error("opening a session", e))?;
         Ok(Tokens {
             access_token: self.keys.issue(user.id, user.role, session, at)?,
-            token_type: "Bearer",
+            token_type: "Bearer".to_owned(),
             expires_in: self.keys.ttl().num_seconds(),
             refresh_token: refresh,
             session_id: session,
@@ -656,7 +658,7 @@ impl Auth {
     fn tokens_for(&self, user: Uuid, role: Role, session: Uuid, refresh: String, at: DateTime<Utc>) -> Result<Tokens> {
         Ok(Tokens {
             access_token: self.keys.issue(user, role, session, at)?,
-            token_type: "Bearer",
+            token_type: "Bearer".to_owned(),
             expires_in: self.keys.ttl().num_seconds(),
             refresh_token: refresh,
             session_id: session,

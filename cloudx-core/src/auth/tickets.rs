@@ -4,7 +4,7 @@
 //! is useless once redeemed or after 30 seconds, so a URL that ends up in a log gives nothing.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Auth, now, parse_role, token};
@@ -19,7 +19,8 @@ pub const TICKET_PREFIX: &str = "cxt_";
 pub const TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A ticket just issued.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WsTicket {
     /// The ticket, for `?ticket=` on the WebSocket URL.
     pub ticket: String,

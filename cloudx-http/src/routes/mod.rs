@@ -1,8 +1,12 @@
 //! The routes, one module per area, assembled with their OpenAPI description.
 
+pub mod api_keys;
+pub mod auth;
 pub mod ops;
+pub mod users;
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
@@ -14,11 +18,35 @@ use crate::state::AppState;
         title = "cloudx",
         description = "The cloudx REST API: accounts, projects and files, jobs, sandboxed execution and the coding agent."
     ),
-    components(schemas(crate::error::Problem))
+    components(schemas(crate::error::Problem)),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
 
+/// The `bearer` security scheme: an access token (JWT) from `/api/v1/auth/login` or an API key
+/// (`cxk_...`), in the `Authorization` header only.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "An access token from /api/v1/auth/login or /api/v1/auth/refresh, or an API key (cxk_...). \
+             Only in the Authorization header, never in a query string."
+                .into(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
 /// Every route with its OpenAPI description.
 pub(crate) fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(ops::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(ops::router())
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(api_keys::router())
 }

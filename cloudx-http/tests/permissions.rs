@@ -1,0 +1,363 @@
+//! The route × role matrix of docs/security.md, checked against the daemon.
+//!
+//! Every operation of the OpenAPI document must have at least one row here, and every row must
+//! name an operation of the document: a new route cannot ship without a decided permission.
+//! Each row runs on a fresh instance, so that a row's side effects (a deleted user, a changed
+//! password, an ended session) never decide another row's outcome.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use cloudx_core::auth::audit::Client;
+use cloudx_core::auth::{NewApiKey, NewUser};
+use cloudx_core::config::ConfigLoader;
+use cloudx_core::{Cloudx, Principal, Role, Scopes};
+use cloudx_http::{App, AppState};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use uuid::Uuid;
+
+const ADMIN_PASSWORD: &str = "Matrix-Admin-Passphrase-5521";
+const MEMBER_PASSWORD: &str = "Matrix-Member-Passphrase-8830";
+
+/// The callers every row is tried with.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    /// No credential.
+    Anonymous,
+    /// A member's session.
+    Member,
+    /// An administrator's session.
+    Admin,
+    /// A member's API key with only the `read` scope.
+    MemberReadKey,
+    /// An administrator's API key without the `admin` scope.
+    AdminKeyWithoutAdminScope,
+}
+
+const CALLERS: [Caller; 5] =
+    [Caller::Anonymous, Caller::Member, Caller::Admin, Caller::MemberReadKey, Caller::AdminKeyWithoutAdminScope];
+
+/// What a row needs from the instance: ids and secrets, made once in a template data folder
+/// that each run copies (so that every run starts from the same state, cheaply).
+#[derive(Clone)]
+struct Secrets {
+    member_email: String,
+    admin_token: String,
+    member_token: String,
+    member_refresh: String,
+    member_read_key: String,
+    admin_key_without_admin: String,
+    /// Another member, for the user administration routes to act on.
+    victim: Uuid,
+    /// A key of the administrator's that is not the one in use.
+    admin_spare_key: Uuid,
+    /// A key of the member's that is not the one in use.
+    member_spare_key: Uuid,
+    invite: String,
+}
+
+fn config(dir: &std::path::Path) -> cloudx_core::CloudxConfig {
+    ConfigLoader::new()
+        .env([
+            ("CLOUDX_DATA_DIR", dir.to_str().unwrap()),
+            // The limits have their own tests; here they would only get in the way.
+            ("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"),
+            ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0"),
+            ("CLOUDX_HTTP__AUTH_RATE_LIMIT_PER_IP", "0"),
+        ])
+        .load()
+        .unwrap()
+}
+
+struct Template {
+    secrets: Secrets,
+    dir: tempfile::TempDir,
+}
+
+impl Template {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = Cloudx::connect(config(dir.path())).await.unwrap();
+        let auth = cx.auth();
+        let client = Client::default();
+        let system = Principal::System;
+        let new = |email: &str, password: &str| NewUser {
+            email: email.into(),
+            password: password.into(),
+            display_name: email.into(),
+        };
+        auth.add_user(&system, new("admin@example.com", ADMIN_PASSWORD), Role::Admin, &client).await.unwrap();
+        auth.add_user(&system, new("member@example.com", MEMBER_PASSWORD), Role::Member, &client).await.unwrap();
+        let victim =
+            auth.add_user(&system, new("victim@example.com", MEMBER_PASSWORD), Role::Member, &client).await.unwrap();
+        let (admin, admin_tokens) = auth.login("admin@example.com", ADMIN_PASSWORD, &client).await.unwrap();
+        let (member, member_tokens) = auth.login("member@example.com", MEMBER_PASSWORD, &client).await.unwrap();
+        let admin_principal = Principal::user(admin.id, Role::Admin);
+        let member_principal = Principal::user(member.id, Role::Member);
+        let key = |name: &str, scopes: Scopes| NewApiKey { name: name.into(), scopes, expires_at: None };
+        let member_read_key =
+            auth.create_api_key(&member_principal, key("read", Scopes::READ), &client).await.unwrap().secret;
+        let admin_key_without_admin = auth
+            .create_api_key(
+                &admin_principal,
+                key("no-admin", Scopes::parse(["read", "write", "exec"]).unwrap()),
+                &client,
+            )
+            .await
+            .unwrap()
+            .secret;
+        let admin_spare_key = auth.create_api_key(&admin_principal, key("spare", Scopes::READ), &client).await.unwrap();
+        let member_spare_key =
+            auth.create_api_key(&member_principal, key("spare", Scopes::READ), &client).await.unwrap();
+        let invite = auth.create_invite(&system, Role::Member, None, &client).await.unwrap().code;
+        // Closing checkpoints the WAL: the database is then one file to copy.
+        cx.close().await;
+        let secrets = Secrets {
+            member_email: member.email,
+            admin_token: admin_tokens.access_token,
+            member_token: member_tokens.access_token,
+            member_refresh: member_tokens.refresh_token,
+            member_read_key,
+            admin_key_without_admin,
+            victim: victim.id,
+            admin_spare_key: admin_spare_key.key.id,
+            member_spare_key: member_spare_key.key.id,
+            invite,
+        };
+        Self { secrets, dir }
+    }
+
+    /// A fresh instance in the template's state.
+    async fn instance(&self) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let cx = Cloudx::connect(config(dir.path())).await.unwrap();
+        Fixture { app: cloudx_http::app(AppState::new(cx.clone())), cx, secrets: self.secrets.clone(), _dir: dir }
+    }
+}
+
+struct Fixture {
+    app: App,
+    cx: Cloudx,
+    secrets: Secrets,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Secrets;
+
+    fn deref(&self) -> &Secrets {
+        &self.secrets
+    }
+}
+
+impl Fixture {
+    fn credential(&self, caller: Caller) -> Option<&str> {
+        match caller {
+            Caller::Anonymous => None,
+            Caller::Member => Some(&self.member_token),
+            Caller::Admin => Some(&self.admin_token),
+            Caller::MemberReadKey => Some(&self.member_read_key),
+            Caller::AdminKeyWithoutAdminScope => Some(&self.admin_key_without_admin),
+        }
+    }
+
+    async fn send(&self, caller: Caller, method: &Method, path: &str, body: Option<Value>) -> u16 {
+        let mut request = Request::builder().method(method.clone()).uri(path);
+        if let Some(credential) = self.credential(caller) {
+            request = request.header("authorization", format!("Bearer {credential}"));
+        }
+        let request = match body {
+            Some(body) => request.header("content-type", "application/json").body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        self.app.clone().oneshot(request).await.unwrap().status().as_u16()
+    }
+}
+
+/// One row: an operation, how to call it on a fixture, and the status each caller gets, in the
+/// order of [`CALLERS`].
+struct Row {
+    method: Method,
+    /// The path template, as in the OpenAPI document.
+    template: &'static str,
+    call: fn(&Fixture) -> (String, Option<Value>),
+    expect: [u16; 5],
+}
+
+fn row(method: Method, template: &'static str, call: fn(&Fixture) -> (String, Option<Value>), expect: [u16; 5]) -> Row {
+    Row { method, template, call, expect }
+}
+
+fn plain(path: &str) -> (String, Option<Value>) {
+    (path.to_owned(), None)
+}
+
+/// The matrix. Columns: anonymous, member, admin, member's read-only key, admin's key without
+/// the `admin` scope.
+fn matrix() -> Vec<Row> {
+    use Method as M;
+    vec![
+        // Operations: public.
+        row(M::GET, "/healthz", |_| plain("/healthz"), [200, 200, 200, 200, 200]),
+        row(M::GET, "/readyz", |_| plain("/readyz"), [200, 200, 200, 200, 200]),
+        row(M::GET, "/metrics", |_| plain("/metrics"), [200, 200, 200, 200, 200]),
+        // Credential routes: anyone may try; a bearer token changes nothing.
+        row(
+            M::POST,
+            "/api/v1/auth/register",
+            |f| {
+                let body = json!({"email": format!("new-{}@example.com", Uuid::new_v4()), "password": "Fresh-Registrant-Passphrase-1", "display_name": "New", "invite": f.invite});
+                ("/api/v1/auth/register".into(), Some(body))
+            },
+            [201, 201, 201, 201, 201],
+        ),
+        row(
+            M::POST,
+            "/api/v1/auth/login",
+            |f| {
+                let body = json!({"email": f.member_email, "password": MEMBER_PASSWORD});
+                ("/api/v1/auth/login".into(), Some(body))
+            },
+            [200, 200, 200, 200, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/auth/refresh",
+            |f| ("/api/v1/auth/refresh".into(), Some(json!({"refresh_token": f.member_refresh}))),
+            [200, 200, 200, 200, 200],
+        ),
+        // One's own session and account. An API key has no session to end or password to change.
+        row(M::POST, "/api/v1/auth/logout", |_| plain("/api/v1/auth/logout"), [401, 204, 204, 400, 400]),
+        row(M::GET, "/api/v1/auth/me", |_| plain("/api/v1/auth/me"), [401, 200, 200, 200, 200]),
+        row(
+            M::POST,
+            "/api/v1/auth/password",
+            // The member's password: right for the member, wrong for the administrator.
+            |_| {
+                let body = json!({"current_password": MEMBER_PASSWORD, "new_password": "Another-Fine-Passphrase-42"});
+                ("/api/v1/auth/password".into(), Some(body))
+            },
+            [401, 204, 401, 403, 403],
+        ),
+        row(M::POST, "/api/v1/auth/ws-ticket", |_| plain("/api/v1/auth/ws-ticket"), [401, 200, 200, 200, 200]),
+        // Administration: an administrator's session, or key with the admin scope.
+        row(M::GET, "/api/v1/users", |_| plain("/api/v1/users"), [401, 403, 200, 403, 403]),
+        row(
+            M::POST,
+            "/api/v1/users",
+            |_| {
+                let body = json!({"email": "added@example.com", "password": "Added-By-Admin-Passphrase-3", "display_name": "Added"});
+                ("/api/v1/users".into(), Some(body))
+            },
+            [401, 403, 201, 403, 403],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/users/{id}",
+            |f| (format!("/api/v1/users/{}", f.victim), Some(json!({"role": "admin"}))),
+            [401, 403, 200, 403, 403],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/users/{id}",
+            |f| (format!("/api/v1/users/{}", f.victim), Some(json!({"disabled": true}))),
+            [401, 403, 200, 403, 403],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/users/{id}",
+            |_| (format!("/api/v1/users/{}", Uuid::new_v4()), Some(json!({"disabled": true}))),
+            [401, 403, 404, 403, 403],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/users/{id}",
+            |f| plain(&format!("/api/v1/users/{}", f.victim)),
+            [401, 403, 204, 403, 403],
+        ),
+        row(M::GET, "/api/v1/invites", |_| plain("/api/v1/invites"), [401, 403, 200, 403, 403]),
+        row(
+            M::POST,
+            "/api/v1/invites",
+            |_| ("/api/v1/invites".into(), Some(json!({"role": "member"}))),
+            [401, 403, 201, 403, 403],
+        ),
+        row(M::GET, "/api/v1/audit", |_| plain("/api/v1/audit?limit=10"), [401, 403, 200, 403, 403]),
+        row(M::GET, "/api/v1/audit/verify", |_| plain("/api/v1/audit/verify"), [401, 403, 200, 403, 403]),
+        // API keys: one's own. Keys are made from sessions only; revoking needs `write`.
+        row(M::GET, "/api/v1/api-keys", |_| plain("/api/v1/api-keys"), [401, 200, 200, 200, 200]),
+        row(
+            M::POST,
+            "/api/v1/api-keys",
+            |_| ("/api/v1/api-keys".into(), Some(json!({"name": "ci", "scopes": ["read"]}))),
+            [401, 201, 201, 403, 403],
+        ),
+        // The administrator's key: another user's object is 404 for the member, whose key
+        // also lacks `write` (403 comes first); the admin's own key-without-admin owns it.
+        row(
+            M::DELETE,
+            "/api/v1/api-keys/{id}",
+            |f| plain(&format!("/api/v1/api-keys/{}", f.admin_spare_key)),
+            [401, 404, 200, 403, 200],
+        ),
+        // The member's key: the administrator may revoke anyone's, but a key without the
+        // `admin` scope acts as an ordinary user, to whom it is someone else's: 404.
+        row(
+            M::DELETE,
+            "/api/v1/api-keys/{id}",
+            |f| plain(&format!("/api/v1/api-keys/{}", f.member_spare_key)),
+            [401, 200, 200, 403, 404],
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_as_the_matrix_says() {
+    let rows = matrix();
+    // Completeness: the table and the OpenAPI document name the same operations.
+    let documented: BTreeSet<(String, String)> = cloudx_http::openapi()
+        .paths
+        .paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            methods.into_iter().filter(|(_, has)| *has).map(move |(m, _)| (m.to_owned(), path.clone()))
+        })
+        .collect();
+    let tabled: BTreeSet<(String, String)> =
+        rows.iter().map(|r| (r.method.as_str().to_owned(), r.template.to_owned())).collect();
+    let missing: Vec<_> = documented.difference(&tabled).collect();
+    assert!(missing.is_empty(), "routes without a row in the permission matrix: {missing:?}");
+    let stale: Vec<_> = tabled.difference(&documented).collect();
+    assert!(stale.is_empty(), "matrix rows for routes that do not exist: {stale:?}");
+
+    let template = Template::new().await;
+    let mut failures = Vec::new();
+    for row in &rows {
+        for (caller, expected) in CALLERS.iter().zip(row.expect) {
+            let fixture = template.instance().await;
+            let (path, body) = (row.call)(&fixture);
+            let got = fixture.send(*caller, &row.method, &path, body).await;
+            if got != expected {
+                failures.push(format!("{} {path} as {caller:?}: expected {expected}, got {got}", row.method));
+            }
+            fixture.cx.close().await;
+        }
+    }
+    assert!(failures.is_empty(), "the permission matrix is not what the daemon does:\n{}", failures.join("\n"));
+}
