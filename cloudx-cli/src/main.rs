@@ -48,6 +48,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.profile, "warn");
             runtime()?.block_on(commands::migrate(config))
         }
+        Command::User(command) => {
+            let config = commands::load_config(&global, |l| l)?;
+            init_logging(config.profile, "warn");
+            runtime()?.block_on(commands::users::user(config, command))
+        }
+        Command::Audit(command) => {
+            let config = commands::load_config(&global, |l| l)?;
+            init_logging(config.profile, "warn");
+            runtime()?.block_on(commands::users::audit(config, command))
+        }
+        Command::Login(args) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::remote::login(args))
+        }
+        Command::Logout => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::remote::logout())
+        }
+        Command::Apikey(command) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::remote::apikey(command))
+        }
         Command::Serve(args) => {
             let config = commands::load_config(&global, |l| match &args.bind {
                 Some(bind) => l.flag("http.bind", "--bind", bind.clone()),

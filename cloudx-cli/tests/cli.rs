@@ -250,3 +250,141 @@ async fn a_database_from_a_newer_release_is_refused() {
     let err = text(&out.stderr);
     assert!(err.contains("schema is at version 9999") && err.contains("newer than this cloudx"), "{err}");
 }
+
+/// Runs `cloudx` with `stdin` as its standard input.
+fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const ADMIN_PASSWORD: &str = "Cli-Admin-Passphrase-3141\n";
+
+#[tokio::test]
+async fn user_and_audit_commands_manage_the_local_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let add =
+        |args: &[&str], password: &str| run_with_stdin(cloudx(dir.path()).args(["user", "add"]).args(args), password);
+    let out = add(&["root@example.com", "--admin", "--password-stdin"], ADMIN_PASSWORD);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("created root@example.com (admin)"), "{}", text(&out.stdout));
+    let out = add(&["bob@example.com", "--name", "Bob", "--password-stdin"], "Bobs-Own-Passphrase-2718\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Bad input is named and changes nothing.
+    let out = add(&["bob@example.com", "--password-stdin"], "Another-Passphrase-1618\n");
+    assert_eq!(out.status.code(), Some(65), "a taken email is a conflict: {}", text(&out.stderr));
+    let out = add(&["carol@example.com", "--password-stdin"], "password\n");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("password"), "{}", text(&out.stderr));
+    let out = run(cloudx(dir.path()).args(["user", "add", "dave@example.com"]).stdin(Stdio::null()));
+    assert!(text(&out.stderr).contains("--password-stdin"), "no terminal: {}", text(&out.stderr));
+
+    let out = run(cloudx(dir.path()).args(["user", "disable", "BOB@example.com"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(cloudx(dir.path()).args(["user", "set-role", "bob@example.com", "admin"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(cloudx(dir.path()).args(["user", "set-role", "bob@example.com", "owner"]));
+    assert!(text(&out.stderr).contains("`owner` is not a role"), "{}", text(&out.stderr));
+    let out = run(cloudx(dir.path()).args(["user", "enable", "nobody@example.com"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no account has the email or id `nobody@example.com`"));
+
+    let out = run(cloudx(dir.path()).args(["user", "list", "--json"]));
+    let users: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+    let bob = users.as_array().unwrap().iter().find(|u| u["email"] == "bob@example.com").unwrap();
+    assert_eq!((bob["role"].as_str(), bob["disabled"].as_bool()), (Some("admin"), Some(true)));
+    let table = text(&run(cloudx(dir.path()).args(["user", "list"])).stdout);
+    assert!(table.starts_with("ID") && table.contains("bob@example.com") && table.contains("disabled"), "{table}");
+
+    let log = text(&run(cloudx(dir.path()).args(["audit", "list"])).stdout);
+    for action in ["user_add", "user_disable", "role_change"] {
+        assert!(log.contains(action), "{action} in\n{log}");
+    }
+    let out = run(cloudx(dir.path()).args(["audit", "verify"]));
+    assert!(out.status.success() && text(&out.stdout).contains("intact"), "{}", text(&out.stdout));
+
+    // Edit one row behind cloudx's back: verify names it and exits 65.
+    let db = dir.path().join("cloudx-data/cloudx.db");
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    // The table refuses updates; someone with the file can drop that guard, not the chain.
+    sqlx::query("DROP TRIGGER audit_log_no_update").execute(&mut conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 'failure' WHERE seq = 2").execute(&mut conn).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    let out = run(cloudx(dir.path()).args(["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("row 2 does not match"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn login_stores_a_private_session_that_apikey_commands_use_and_refresh() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = run_with_stdin(
+        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let serve = Serve::start(dir.path(), &[]);
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(args);
+        cmd
+    };
+
+    let out = run_with_stdin(
+        &mut cli(&["login", "--url", &serve.url(""), "--email", "root@example.com", "--password-stdin"]),
+        "Wrong-Passphrase-000\n",
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("the email or the password is wrong"), "{}", text(&out.stderr));
+    let out = run_with_stdin(
+        &mut cli(&["login", "--url", &serve.url(""), "--email", "root@example.com", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stored = home.join(".config/cloudx/credentials.json");
+    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(stored.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(!text(&out.stdout).contains("cxr_"), "the tokens are not printed");
+
+    let out = run(&mut cli(&["apikey", "create", "ci", "--scopes", "read", "--expires-in", "30d", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let me = |credential: String| {
+        let url = serve.url("/api/v1/auth/me");
+        async move { reqwest::Client::new().get(url).bearer_auth(credential).send().await.unwrap().status() }
+    };
+    assert_eq!(me(secret.clone()).await, 200);
+
+    // An expired (here: spoiled) access token is refreshed, and the rotated tokens are stored.
+    let mut session: serde_json::Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
+    let old_refresh = session["refresh_token"].clone();
+    session["access_token"] = "spoiled".into();
+    std::fs::write(&stored, serde_json::to_vec(&session).unwrap()).unwrap();
+    let out = run(&mut cli(&["apikey", "list"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ci") && text(&out.stdout).contains("read"), "{}", text(&out.stdout));
+    let session: serde_json::Value = serde_json::from_slice(&std::fs::read(&stored).unwrap()).unwrap();
+    assert_ne!(session["refresh_token"], old_refresh, "the rotated refresh token was stored");
+    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let out = run(&mut cli(&["apikey", "revoke", created["id"].as_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(me(secret).await, 401);
+
+    let access = session["access_token"].as_str().unwrap().to_owned();
+    let out = run(&mut cli(&["logout"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stored.exists());
+    assert_eq!(me(access).await, 401, "the session ended at the daemon too");
+    let out = run(&mut cli(&["apikey", "list"]));
+    assert!(text(&out.stderr).contains("not signed in"), "{}", text(&out.stderr));
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
+}

@@ -5,6 +5,8 @@
 //! cap, request-head size limits and a graceful shutdown that waits for in-flight requests.
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod error;
 pub mod logging;
 pub mod metrics;

@@ -1,7 +1,9 @@
 //! One module per command area; each converts its arguments, calls core once, renders the result.
 
 pub(crate) mod config;
+pub(crate) mod remote;
 pub(crate) mod serve;
+pub(crate) mod users;
 
 use anyhow::Context as _;
 use cloudx_core::CloudxConfig;

@@ -73,11 +73,13 @@ pub(crate) struct LoginRequest {
 }
 
 /// A new session: the account and its first tokens.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct LoginResponse {
-    user: User,
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// The account signed in.
+    pub user: User,
+    /// Its first tokens.
     #[serde(flatten)]
-    tokens: Tokens,
+    pub tokens: Tokens,
 }
 
 /// Signs in and opens a session. An unknown email and a wrong password get the same answer;
@@ -143,14 +145,15 @@ async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusC
 }
 
 /// The caller's account, with what the credential in use may do.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct Me {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    /// The account.
     #[serde(flatten)]
-    user: User,
+    pub user: User,
     /// The scopes of the credential: all of them for a session, the key's for an API key.
-    scopes: Scopes,
+    pub scopes: Scopes,
     /// The API key in use, if the caller used one.
-    api_key_id: Option<uuid::Uuid>,
+    pub api_key_id: Option<uuid::Uuid>,
 }
 
 /// The caller's own account.
