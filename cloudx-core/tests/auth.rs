@@ -66,7 +66,65 @@ on_both!(
     websocket_tickets_work_once,
     repeated_failed_logins_are_delayed_alike_for_unknown_emails,
     other_nodes_hear_of_revocations,
+    a_deleted_users_tokens_stay_refused_on_nodes_that_start_later,
+    racing_first_registrations_make_one_admin,
+    the_last_enabled_admin_cannot_be_removed,
 );
+
+async fn a_deleted_users_tokens_stay_refused_on_nodes_that_start_later(postgres: bool) {
+    let Some(i) = instance(postgres, |_| {}).await else { return };
+    let auth = i.cx.auth();
+    let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
+    let admin = Principal::user(ada.id, Role::Admin);
+    let bob = auth.add_user(&admin, new_user("bob@example.com", PASSWORD), Role::Member, &client()).await.unwrap();
+    let (_, tokens) = auth.login("bob@example.com", PASSWORD, &client()).await.unwrap();
+    auth.delete_user(&admin, bob.id, &client()).await.unwrap();
+    assert!(auth.authenticate(&tokens.access_token).is_err());
+    // The sessions went with the account: a node that rebuilds its revocations from the
+    // database afterwards (a restart, a reconnect, SQLite's poll) must still refuse the token.
+    let later = Cloudx::connect(i.cx.config().clone()).await.unwrap();
+    assert_eq!(later.auth().authenticate(&tokens.access_token).unwrap_err().kind(), ErrorKind::Unauthenticated);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(auth.authenticate(&tokens.access_token).is_err(), "still refused after a reload");
+    later.close().await;
+}
+
+async fn racing_first_registrations_make_one_admin(postgres: bool) {
+    let Some(i) = instance(postgres, |c| c.auth.registration = Registration::Open).await else { return };
+    let mut racers = Vec::new();
+    for n in 0..6 {
+        let auth = i.cx.auth().clone();
+        racers.push(tokio::spawn(async move {
+            auth.register(new_user(&format!("racer{n}@example.com"), PASSWORD), None, &client()).await.unwrap()
+        }));
+    }
+    let mut admins = 0;
+    for racer in racers {
+        admins += usize::from(racer.await.unwrap().role == Role::Admin);
+    }
+    assert_eq!(admins, 1, "exactly one of the racing first registrations becomes the administrator");
+}
+
+async fn the_last_enabled_admin_cannot_be_removed(postgres: bool) {
+    let Some(i) = instance(postgres, |c| c.auth.registration = Registration::Closed).await else { return };
+    let auth = i.cx.auth();
+    // Closed means closed, even on an empty instance: the operator makes the first administrator.
+    let refused = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::PermissionDenied);
+    assert!(refused.message().contains("cloudx user add --admin"), "{}", refused.message());
+    let ada =
+        auth.add_user(&Principal::System, new_user("ada@example.com", PASSWORD), Role::Admin, &client()).await.unwrap();
+    for result in [
+        auth.set_disabled(&Principal::System, ada.id, true, &client()).await.map(drop),
+        auth.delete_user(&Principal::System, ada.id, &client()).await,
+    ] {
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::Conflict);
+    }
+    let bob =
+        auth.add_user(&Principal::System, new_user("bob@example.com", PASSWORD), Role::Admin, &client()).await.unwrap();
+    auth.delete_user(&Principal::System, ada.id, &client()).await.unwrap();
+    assert_eq!(auth.list_users(&Principal::System).await.unwrap(), vec![bob]);
+}
 
 async fn first_account_is_admin_and_registration_follows_the_setting(postgres: bool) {
     let Some(i) = instance(postgres, |_| {}).await else { return };
@@ -102,7 +160,12 @@ async fn first_account_is_admin_and_registration_follows_the_setting(postgres: b
     assert_eq!(second.role, Role::Member);
 
     let Some(closed) = instance(postgres, |c| c.auth.registration = Registration::Closed).await else { return };
-    closed.cx.auth().register(new_user("a@example.com", PASSWORD), None, &client()).await.unwrap();
+    closed
+        .cx
+        .auth()
+        .add_user(&Principal::System, new_user("a@example.com", PASSWORD), Role::Admin, &client())
+        .await
+        .unwrap();
     let err = closed.cx.auth().register(new_user("b@example.com", PASSWORD), None, &client()).await.unwrap_err();
     assert!(err.to_string().contains("closed"));
 }
@@ -428,7 +491,7 @@ async fn websocket_tickets_work_once(postgres: bool) {
     let ada = auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
     let (_, tokens) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
     let who = auth.authenticate(&tokens.access_token).unwrap();
-    let ticket = auth.issue_ws_ticket(&who.principal).await.unwrap();
+    let ticket = auth.issue_ws_ticket(&who).await.unwrap();
     assert!(ticket.ticket.starts_with("cxt_") && ticket.expires_in == 30);
     // A ticket is not a bearer credential.
     assert!(auth.authenticate_bearer(&ticket.ticket).await.is_err());
@@ -444,12 +507,16 @@ async fn websocket_tickets_work_once(postgres: bool) {
         )
         .await
         .unwrap();
-    let by_key = auth.authenticate_bearer(&key.secret).await.unwrap().principal;
+    let by_key = auth.authenticate_bearer(&key.secret).await.unwrap();
     let t1 = auth.issue_ws_ticket(&by_key).await.unwrap();
     assert_eq!(auth.redeem_ws_ticket(&t1.ticket).await.unwrap().scopes(), Scopes::READ);
     let t2 = auth.issue_ws_ticket(&by_key).await.unwrap();
     auth.revoke_api_key(&who.principal, key.key.id, &client()).await.unwrap();
     assert!(auth.redeem_ws_ticket(&t2.ticket).await.is_err());
+    // A session's ticket dies with the session.
+    let t3 = auth.issue_ws_ticket(&who).await.unwrap();
+    auth.logout(&who, &client()).await.unwrap();
+    assert_eq!(auth.redeem_ws_ticket(&t3.ticket).await.unwrap_err().kind(), ErrorKind::Unauthenticated);
 }
 
 async fn repeated_failed_logins_are_delayed_alike_for_unknown_emails(postgres: bool) {

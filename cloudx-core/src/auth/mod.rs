@@ -48,6 +48,9 @@ use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::{Principal, Role};
 
+/// Serialises the creation of the first account on Postgres.
+const FIRST_ADMIN_LOCK: i64 = 0x636c_6f75_6478_0003;
+
 /// The prefix of refresh tokens.
 pub const REFRESH_PREFIX: &str = "cxr_";
 
@@ -273,14 +276,32 @@ impl Auth {
         let email = normalize_email(&new.email)?;
         let display_name = check_display_name(&new.display_name)?;
         password::check_policy(&new.password, self.config.password_min_length, &email)?;
-        let first = self.user_count().await? == 0;
-        let role = if first {
-            Role::Admin
-        } else {
+        let mut hash = None;
+        if self.config.registration != Registration::Closed && self.user_count().await? == 0 {
+            let hashed = self.hasher.hash(&new.password).await?;
+            if let Some(user) = self.insert_first_admin(&email, &display_name, &hashed).await? {
+                self.audit(Event {
+                    action: "register",
+                    outcome: Outcome::Success,
+                    actor: Some(user.id),
+                    target: Some(format!("user:{}", user.id)),
+                    client,
+                    detail: Some("role admin, the first account".into()),
+                })
+                .await?;
+                return Ok(user);
+            }
+            // Someone else was first, a moment ago: the usual rules apply.
+            hash = Some(hashed);
+        }
+        let role = {
             match (self.config.registration, invite) {
                 (Registration::Open, None) => Role::Member,
                 (Registration::Open | Registration::Invite, Some(code)) => {
-                    let hash = self.hasher.hash(&new.password).await?;
+                    let hash = match hash {
+                        Some(hash) => hash,
+                        None => self.hasher.hash(&new.password).await?,
+                    };
                     let user = self.insert_invited_user(code, &email, &display_name, &hash).await?;
                     self.audit(Event {
                         action: "register",
@@ -302,12 +323,16 @@ impl Auth {
                 (Registration::Closed, _) => {
                     return Err(Error::new(
                         ErrorKind::PermissionDenied,
-                        "registration is closed; an administrator adds accounts (auth.registration = closed)",
+                        "registration is closed; an administrator adds accounts (auth.registration = closed; \
+                         the first administrator comes from `cloudx user add --admin`)",
                     ));
                 }
             }
         };
-        let hash = self.hasher.hash(&new.password).await?;
+        let hash = match hash {
+            Some(hash) => hash,
+            None => self.hasher.hash(&new.password).await?,
+        };
         let user = self.insert_user(&email, &display_name, &hash, role).await?;
         self.audit(Event {
             action: "register",
@@ -348,6 +373,55 @@ impl Auth {
     async fn user_count(&self) -> Result<i64> {
         on_db!(&self.db, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(pool).await)
             .map_err(|e| db_error("counting users", e))
+    }
+
+    /// Creates the instance's first account, as its administrator, unless another account
+    /// exists by then: `None` when someone else was first. Two registrations racing on an empty
+    /// instance cannot both become administrators: SQLite runs the conditional insert as one
+    /// write, Postgres under a transaction-scoped advisory lock.
+    async fn insert_first_admin(&self, email: &str, display_name: &str, hash: &str) -> Result<Option<User>> {
+        let at = now();
+        let id = Uuid::now_v7();
+        let sql = "INSERT INTO users (id, email, display_name, password_hash, role, created_at, updated_at) \
+                   SELECT $1, $2, $3, $4, 'admin', $5, $5 WHERE NOT EXISTS (SELECT 1 FROM users)";
+        let inserted = match &self.db {
+            Database::Sqlite(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(email)
+                .bind(display_name)
+                .bind(hash)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Database::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(FIRST_ADMIN_LOCK).execute(&mut *tx).await?;
+                    let n = sqlx::query(sql)
+                        .bind(id)
+                        .bind(email)
+                        .bind(display_name)
+                        .bind(hash)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    tx.commit().await?;
+                    Ok(n)
+                }
+                .await
+            }
+        }
+        .map_err(|e| db_error("creating the first account", e))?;
+        Ok((inserted == 1).then(|| User {
+            id,
+            email: email.to_owned(),
+            display_name: display_name.to_owned(),
+            role: Role::Admin,
+            disabled: false,
+            created_at: at,
+        }))
     }
 
     async fn insert_user(&self, email: &str, display_name: &str, hash: &str, role: Role) -> Result<User> {
@@ -854,6 +928,10 @@ impl Auth {
         if disabled && actor.user_id() == Some(id) {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot disable their own account"));
         }
+        if disabled {
+            let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
+            self.keep_an_admin(&target).await?;
+        }
         let at = now();
         let changed =
             on_db!(&self.db, |pool| sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $2 WHERE id = $3")
@@ -926,6 +1004,17 @@ impl Auth {
         Ok(User { role, ..target })
     }
 
+    /// Refuses to take away the last enabled administrator (by deleting or disabling `target`).
+    async fn keep_an_admin(&self, target: &User) -> Result<()> {
+        if target.role == Role::Admin && !target.disabled && self.enabled_admins().await? <= 1 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{} is the last enabled administrator; make another one first", target.email),
+            ));
+        }
+        Ok(())
+    }
+
     async fn enabled_admins(&self) -> Result<i64> {
         on_db!(&self.db, |pool| sqlx::query_scalar(
             "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL"
@@ -938,19 +1027,33 @@ impl Auth {
     /// Deletes an account and everything that belongs to it (administrators only).
     ///
     /// # Errors
-    /// As [`Auth::set_role`]; [`ErrorKind::Conflict`] for deleting oneself.
+    /// As [`Auth::set_role`]; [`ErrorKind::Conflict`] for deleting oneself or the last enabled
+    /// administrator.
     pub async fn delete_user(&self, actor: &Principal, id: Uuid, client: &Client) -> Result<()> {
         require_admin(actor)?;
         if actor.user_id() == Some(id) {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot delete their own account"));
         }
+        let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        self.keep_an_admin(&target).await?;
         // Ended first, so that this process refuses their tokens; the rows go with the user.
         self.end_sessions_of(id, None, "account deleted").await?;
-        let deleted = on_db!(&self.db, |pool| sqlx::query("DELETE FROM users WHERE id = $1")
+        // Remembered while their access tokens can be valid: the sessions that said so are gone.
+        let at = now();
+        let forget_before = at - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+        let deleted = on_db!(&self.db, |pool| async {
+            sqlx::query("DELETE FROM deleted_users WHERE deleted_at < $1").bind(forget_before).execute(pool).await?;
+            sqlx::query(
+                "INSERT INTO deleted_users (id, deleted_at) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at",
+            )
             .bind(id)
+            .bind(at)
             .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+            .await?;
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(pool).await.map(|r| r.rows_affected())
+        }
+        .await)
         .map_err(|e| db_error("deleting the account", e))?;
         if deleted == 0 {
             return Err(Error::not_found("no such user"));

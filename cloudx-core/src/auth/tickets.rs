@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Auth, now, parse_role, token};
+use super::{Auth, Authenticated, now, parse_role, token};
 use crate::db::db_error;
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::{Principal, Scopes};
@@ -38,13 +38,16 @@ fn bad_ticket() -> Error {
     Error::new(ErrorKind::Unauthenticated, "the WebSocket ticket is not valid: unknown, already used or expired")
 }
 
+type TicketRow = (Uuid, String, Option<Uuid>, Option<Uuid>, DateTime<Utc>);
+
 impl Auth {
-    /// Issues a one-time WebSocket ticket that acts as `actor` (with its scopes).
+    /// Issues a one-time WebSocket ticket that acts as `who` (with its scopes). It is redeemed
+    /// only while `who`'s session (or key) still works.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] for the system principal, which has no account.
-    pub async fn issue_ws_ticket(&self, actor: &Principal) -> Result<WsTicket> {
-        let Principal::User { id, scopes, api_key, .. } = actor else {
+    pub async fn issue_ws_ticket(&self, who: &Authenticated) -> Result<WsTicket> {
+        let Principal::User { id, scopes, api_key, .. } = &who.principal else {
             return Err(Error::invalid("the local system principal does not use WebSockets"));
         };
         let at = now();
@@ -59,12 +62,14 @@ impl Auth {
             .map(|r| r.rows_affected()))
         .map_err(|e| db_error("clearing expired tickets", e))?;
         on_db!(&self.db, |pool| sqlx::query(
-            "INSERT INTO ws_tickets (token_hash, user_id, scopes, api_key_id, expires_at) VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO ws_tickets (token_hash, user_id, scopes, api_key_id, session_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
         )
         .bind(token::digest(&ticket))
         .bind(id)
         .bind(scopes.to_string())
         .bind(api_key)
+        .bind(who.session_id)
         .bind(expires)
         .execute(pool)
         .await
@@ -74,7 +79,7 @@ impl Auth {
     }
 
     /// Redeems a WebSocket ticket, once: says whom it acts for. The account must still be
-    /// enabled and the key it came from (if any) still valid.
+    /// enabled, and the session or key it came from still valid.
     ///
     /// # Errors
     /// [`ErrorKind::Unauthenticated`] for an unknown, used or expired ticket.
@@ -83,24 +88,27 @@ impl Auth {
             return Err(bad_ticket());
         }
         let at = now();
-        let row: Option<(Uuid, String, Option<Uuid>, DateTime<Utc>)> = on_db!(&self.db, |pool| sqlx::query_as(
-            "DELETE FROM ws_tickets WHERE token_hash = $1 RETURNING user_id, scopes, api_key_id, expires_at"
-        )
+        let row: Option<TicketRow> = on_db!(&self.db, |pool| sqlx::query_as(concat!(
+            "DELETE FROM ws_tickets WHERE token_hash = $1 ",
+            "RETURNING user_id, scopes, api_key_id, session_id, expires_at"
+        ))
         .bind(token::digest(ticket))
         .fetch_optional(pool)
         .await)
         .map_err(|e| db_error("redeeming a ticket", e))?;
-        let Some((user, scopes, api_key, _)) = row.filter(|(.., expires)| *expires > at) else {
+        let Some((user, scopes, api_key, session, _)) = row.filter(|(.., expires)| *expires > at) else {
             return Err(bad_ticket());
         };
         let owner: Option<(String,)> = on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT u.role FROM users u WHERE u.id = $1 AND u.disabled_at IS NULL AND ($2 IS NULL OR EXISTS (\
                SELECT 1 FROM api_keys k WHERE k.id = $2 AND k.revoked_at IS NULL \
-               AND (k.expires_at IS NULL OR k.expires_at > $3)))"
+               AND (k.expires_at IS NULL OR k.expires_at > $3))) \
+             AND ($4 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $4 AND s.revoked_at IS NULL))"
         )
         .bind(user)
         .bind(api_key)
         .bind(at)
+        .bind(session)
         .fetch_optional(pool)
         .await)
         .map_err(|e| db_error("redeeming a ticket", e))?;

@@ -83,7 +83,8 @@ fn apply(revoked: &RwLock<Revoked>, payload: &str) {
     }
 }
 
-/// Reads the revocations that matter now: sessions ended since `since` and disabled users.
+/// Reads the revocations that matter now: sessions ended since `since`, disabled users, and
+/// users deleted since `since`.
 pub(super) async fn load(db: &Database, since: DateTime<Utc>) -> Result<(Vec<(Uuid, DateTime<Utc>)>, Vec<Uuid>)> {
     let sessions: Vec<(Uuid, DateTime<Utc>)> = on_db!(db, |pool| sqlx::query_as(
         "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1"
@@ -92,9 +93,15 @@ pub(super) async fn load(db: &Database, since: DateTime<Utc>) -> Result<(Vec<(Uu
     .fetch_all(pool)
     .await)
     .map_err(|e| db_error("reading revoked sessions", e))?;
-    let users: Vec<(Uuid,)> =
-        on_db!(db, |pool| sqlx::query_as("SELECT id FROM users WHERE disabled_at IS NOT NULL").fetch_all(pool).await)
-            .map_err(|e| db_error("reading disabled users", e))?;
+    let users: Vec<(Uuid,)> = on_db!(db, |pool| {
+        sqlx::query_as(
+        "SELECT id FROM users WHERE disabled_at IS NOT NULL UNION SELECT id FROM deleted_users WHERE deleted_at > $1"
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    })
+    .map_err(|e| db_error("reading disabled and deleted users", e))?;
     Ok((sessions, users.into_iter().map(|(id,)| id).collect()))
 }
 

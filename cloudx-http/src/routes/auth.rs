@@ -218,5 +218,5 @@ async fn change_password(
     )
 )]
 async fn ws_ticket(State(state): State<AppState>, caller: Caller) -> Result<Json<WsTicket>, ApiError> {
-    Ok(Json(state.cx.auth().issue_ws_ticket(caller.principal()).await?))
+    Ok(Json(state.cx.auth().issue_ws_ticket(&caller.who).await?))
 }

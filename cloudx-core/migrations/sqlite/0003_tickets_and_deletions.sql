@@ -5,6 +5,16 @@ CREATE TABLE ws_tickets (
     user_id    BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     scopes     TEXT NOT NULL,
     api_key_id BLOB REFERENCES api_keys (id) ON DELETE CASCADE,
+    -- The session that asked for it (none for an API key): it must still be live at redemption.
+    session_id BLOB,
     expires_at TEXT NOT NULL
 );
 CREATE INDEX ws_tickets_expiry ON ws_tickets (expires_at);
+
+-- Accounts deleted recently. Deleting a user removes its sessions with it, so the revocation set
+-- that every node rebuilds from the database would forget the user while access tokens of theirs
+-- can still be valid; these rows keep them refused until then (older rows are pruned).
+CREATE TABLE deleted_users (
+    id         BLOB PRIMARY KEY NOT NULL,
+    deleted_at TEXT NOT NULL
+);
