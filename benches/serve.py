@@ -68,9 +68,9 @@ def rss_kib(pid):
     return 0
 
 
-def start(cmd, port, cwd):
+def start(cmd, port, cwd, env=None):
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={"PATH": os.environ["PATH"]})
+                            env=env or {"PATH": os.environ["PATH"]})
     started = time.perf_counter()
     while not healthz_ok(port):
         if proc.poll() is not None:

@@ -21,6 +21,7 @@
 
 mod api_keys;
 pub mod audit;
+mod cache;
 mod invites;
 pub mod password;
 mod throttle;
@@ -146,6 +147,7 @@ pub struct Auth {
     revoked: Arc<RwLock<Revoked>>,
     throttle: Arc<LoginThrottle>,
     watch: Arc<Watch>,
+    accounts: Arc<cache::AccountCache>,
 }
 
 /// The task that keeps the revocation set in step with other processes; stopped when the last
@@ -240,6 +242,7 @@ impl Auth {
             db,
             revoked,
             watch: Arc::new(watch),
+            accounts: Arc::default(),
         })
     }
 
@@ -853,7 +856,12 @@ impl Auth {
     /// system principal, which has no account.
     pub async fn me(&self, actor: &Principal) -> Result<User> {
         let id = actor.user_id().ok_or_else(|| Error::invalid("the local system principal has no account"))?;
-        self.find_by_id(id).await?.map(|(user, _)| user).ok_or_else(|| Error::not_found("the account no longer exists"))
+        if let Some(user) = self.accounts.get(id) {
+            return Ok(user);
+        }
+        let (user, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("the account no longer exists"))?;
+        self.accounts.put(user.clone());
+        Ok(user)
     }
 
     /// Changes the acting user's password (the current one is required) and ends every other
@@ -957,6 +965,7 @@ impl Auth {
             }
             watch::announce(&self.db, Change::UserEnabled(id)).await?;
         }
+        self.accounts.forget(id);
         self.audit(Event {
             action: if disabled { "user_disable" } else { "user_enable" },
             outcome: Outcome::Success,
@@ -992,6 +1001,7 @@ impl Auth {
         if target.role != role {
             self.end_sessions_of(id, None, "role changed").await?;
         }
+        self.accounts.forget(id);
         self.audit(Event {
             action: "role_change",
             outcome: Outcome::Success,
@@ -1060,6 +1070,7 @@ impl Auth {
         }
         self.revoke_in_memory([], Some(id));
         watch::announce(&self.db, Change::UserRevoked(id)).await?;
+        self.accounts.forget(id);
         self.audit(Event {
             action: "user_delete",
             outcome: Outcome::Success,
