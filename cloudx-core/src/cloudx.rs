@@ -6,7 +6,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::auth::Auth;
-use crate::config::{CloudxConfig, Profile, Secret, jwt_secret_path};
+use crate::auth::token::Keys;
+use crate::config::{CloudxConfig, JwtAlgorithm, Profile, Secret, jwt_ed25519_path, jwt_secret_path};
 use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -54,7 +55,8 @@ impl Cloudx {
         let jwt_secret = match &config.auth.jwt_secret {
             Some(secret) => secret.clone(),
             None => {
-                debug_assert_eq!(config.profile, Profile::Dev, "validation requires a secret in prod");
+                // Prod requires it for HS256; with EdDSA it is not used for tokens.
+                debug_assert!(config.profile == Profile::Dev || config.auth.jwt_algorithm == JwtAlgorithm::EdDsa);
                 let path = jwt_secret_path(&config.data_dir);
                 let secret = crate::fs::read_or_create_secret(&path, crate::fs::random_secret)?;
                 if secret.len() < 32 {
@@ -76,7 +78,21 @@ impl Cloudx {
             tracing::info!(applied = ?report.applied, version = report.version, "database migrated");
         }
         let instance_id = db.instance_id().await?;
-        let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes()).await?;
+        let ed25519_pem = match (config.auth.jwt_algorithm, &config.auth.jwt_private_key_file) {
+            (JwtAlgorithm::Hs256, _) => None,
+            (JwtAlgorithm::EdDsa, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("auth.jwt_private_key_file: cannot read {}: {e}", path.display()),
+                )
+            })?),
+            (JwtAlgorithm::EdDsa, None) => {
+                debug_assert_eq!(config.profile, Profile::Dev, "validation requires a key file in prod");
+                let path = jwt_ed25519_path(&config.data_dir);
+                Some(crate::fs::read_or_create_secret(&path, Keys::generate_ed25519_pem)?)
+            }
+        };
+        let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes(), ed25519_pem.as_deref()).await?;
         Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret, auth }) })
     }
 

@@ -174,12 +174,19 @@ async fn unknown_user_and_wrong_password_get_the_same_answer(postgres: bool) {
     let Some(i) = instance(postgres, |_| {}).await else { return };
     let auth = i.cx.auth();
     auth.register(new_user("ada@example.com", PASSWORD), None, &client()).await.unwrap();
-    let started = std::time::Instant::now();
-    let wrong = auth.login("ada@example.com", OTHER_PASSWORD, &client()).await.unwrap_err();
-    let wrong_took = started.elapsed();
-    let started = std::time::Instant::now();
-    let unknown = auth.login("nobody@example.com", OTHER_PASSWORD, &client()).await.unwrap_err();
-    let unknown_took = started.elapsed();
+    // The fastest of three tries each (below the login delay's threshold), so that a moment of
+    // load on a shared machine does not decide the comparison.
+    let (mut wrong_took, mut unknown_took) = (Duration::MAX, Duration::MAX);
+    let (mut wrong, mut unknown) = (None, None);
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        wrong = Some(auth.login("ada@example.com", OTHER_PASSWORD, &client()).await.unwrap_err());
+        wrong_took = wrong_took.min(started.elapsed());
+        let started = std::time::Instant::now();
+        unknown = Some(auth.login("nobody@example.com", OTHER_PASSWORD, &client()).await.unwrap_err());
+        unknown_took = unknown_took.min(started.elapsed());
+    }
+    let (wrong, unknown) = (wrong.unwrap(), unknown.unwrap());
     assert_eq!((wrong.kind(), wrong.to_string()), (unknown.kind(), unknown.to_string()));
     assert_eq!(wrong.kind(), ErrorKind::Unauthenticated);
     // Both verify one argon2 hash: within a factor of three of each other on a noisy machine.

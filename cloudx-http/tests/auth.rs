@@ -333,14 +333,54 @@ async fn the_client_address_comes_from_trusted_proxies_only() {
 async fn the_openapi_document_declares_the_bearer_scheme_on_protected_routes() {
     let doc = serde_json::to_value(cloudx_http::openapi()).unwrap();
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    let public =
-        ["/healthz", "/readyz", "/metrics", "/api/v1/auth/register", "/api/v1/auth/login", "/api/v1/auth/refresh"];
+    let public = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/.well-known/jwks.json",
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+    ];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let secured = operation["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
             assert_eq!(secured, !public.contains(&path.as_str()), "{method} {path}");
         }
     }
+}
+
+#[tokio::test]
+async fn eddsa_tokens_are_checked_with_the_published_key() {
+    let d = Daemon::start(&[&NO_LIMITS[..], &[("CLOUDX_AUTH__JWT_ALGORITHM", "EdDSA")]].concat()).await;
+    register(&d, "ada@example.com").await;
+    let session = tokens(&d, "ada@example.com").await;
+    let access = session["access_token"].as_str().unwrap();
+    assert_eq!(get(&d, "/api/v1/auth/me", access).await.status(), 200);
+    let r = d.get("/.well-known/jwks.json").await;
+    assert_eq!(r.headers()["cache-control"], "public, max-age=300");
+    let jwks: Value = r.json().await.unwrap();
+    let jwk = &jwks["keys"][0];
+    let header = jsonwebtoken::decode_header(access).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(jwk["kid"].as_str(), header.kid.as_deref());
+    // Another service checks the token with the published key alone.
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["cloudx"]);
+    let claims = jsonwebtoken::decode::<Value>(access, &key, &validation).unwrap().claims;
+    assert_eq!(claims["sub"], session["user"]["id"]);
+    // The generated key is private to the data folder.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_file = d.dir.path().join("jwt-ed25519.pem");
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    d.stop().await.unwrap();
+
+    // With HS256 (the default) the set is empty: a shared secret is never published.
+    let d = Daemon::start(&NO_LIMITS).await;
+    let jwks: Value = d.get("/.well-known/jwks.json").await.json().await.unwrap();
+    assert_eq!(jwks, json!({"keys": []}));
+    d.stop().await.unwrap();
 }
 
 /// A log sink shared with the test.

@@ -210,6 +210,7 @@ fn matrix() -> Vec<Row> {
         row(M::GET, "/healthz", |_| plain("/healthz"), [200, 200, 200, 200, 200]),
         row(M::GET, "/readyz", |_| plain("/readyz"), [200, 200, 200, 200, 200]),
         row(M::GET, "/metrics", |_| plain("/metrics"), [200, 200, 200, 200, 200]),
+        row(M::GET, "/.well-known/jwks.json", |_| plain("/.well-known/jwks.json"), [200, 200, 200, 200, 200]),
         // Credential routes: anyone may try; a bearer token changes nothing.
         row(
             M::POST,

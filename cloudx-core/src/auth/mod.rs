@@ -227,8 +227,8 @@ impl Auth {
     ///
     /// # Errors
     /// When the configuration is unusable or the database fails.
-    pub async fn open(db: Database, config: &AuthConfig, jwt_secret: &[u8]) -> Result<Self> {
-        let keys = Keys::hs256(jwt_secret, config);
+    pub async fn open(db: Database, config: &AuthConfig, jwt_secret: &[u8], ed25519_pem: Option<&str>) -> Result<Self> {
+        let keys = Keys::new(config, jwt_secret, ed25519_pem)?;
         // Sessions ended longer ago than this have no valid access token left.
         let horizon = keys.ttl() + chrono::Duration::from_std(config.leeway).unwrap_or_default();
         let revoked = Arc::new(RwLock::new(Revoked::default()));
@@ -244,6 +244,12 @@ impl Auth {
             watch: Arc::new(watch),
             accounts: Arc::default(),
         })
+    }
+
+    /// The public keys that check this instance's access tokens, as a JWKS document (RFC 7517):
+    /// the Ed25519 key with `auth.jwt_algorithm = "EdDSA"`, none with HS256.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
     }
 
     /// Stops listening for other processes' revocations (before the database pool closes).

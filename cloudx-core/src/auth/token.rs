@@ -1,4 +1,5 @@
-//! Access tokens (JWT, HS256 pinned) and the opaque secrets: refresh tokens, API keys, invites.
+//! Access tokens (JWT, one pinned algorithm: HS256 by default, or EdDSA with its public key
+//! published as a JWKS document) and the opaque secrets: refresh tokens, API keys, invites.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::Role;
 
@@ -43,6 +44,9 @@ pub struct Claims {
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    header: Header,
+    /// The public key as a JWK (EdDSA only).
+    jwk: Option<serde_json::Value>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -56,23 +60,105 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// HS256 keys from the secret, validating issuer, audience, `exp`, `nbf` with the configured leeway.
-    pub fn hs256(secret: &[u8], config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
+    /// The keys `config` asks for: HS256 with `secret`, or EdDSA with the Ed25519 key in
+    /// `ed25519_pem` (PKCS#8 PEM).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for EdDSA without a key, or with a key that is not an
+    /// Ed25519 PKCS#8 PEM.
+    pub fn new(config: &AuthConfig, secret: &[u8], ed25519_pem: Option<&str>) -> Result<Self> {
+        match config.jwt_algorithm {
+            JwtAlgorithm::Hs256 => Ok(Self::hs256(secret, config)),
+            JwtAlgorithm::EdDsa => {
+                let pem = ed25519_pem.ok_or_else(|| {
+                    Error::invalid("auth.jwt_algorithm = \"EdDSA\" needs an Ed25519 key (auth.jwt_private_key_file)")
+                })?;
+                Self::eddsa(pem, config)
+            }
+        }
+    }
+
+    /// EdDSA keys from an Ed25519 private key (PKCS#8 PEM).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when the PEM is not an Ed25519 PKCS#8 private key.
+    pub fn eddsa(pem: &str, config: &AuthConfig) -> Result<Self> {
+        use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim()).map_err(|e| {
+            Error::invalid(format!(
+                "auth.jwt_private_key_file: not an Ed25519 private key in PKCS#8 PEM ({e}); make one with `openssl genpkey -algorithm ed25519`"
+            ))
+        })?;
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode the Ed25519 key: {e}")))?;
+        let public = key.verifying_key().to_bytes();
+        let x = URL_SAFE_NO_PAD.encode(public);
+        // RFC 7638 thumbprint: SHA-256 over the required members, in lexicographic order.
+        let thumbprint = Sha256::digest(format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#));
+        let kid = URL_SAFE_NO_PAD.encode(thumbprint);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+        Ok(Self {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            decoding: DecodingKey::from_ed_der(&public),
+            header,
+            jwk: Some(jwk),
+            validation: Self::validation(Algorithm::EdDSA, config),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            ttl: Self::ttl_of(config),
+        })
+    }
+
+    /// A new Ed25519 private key as PKCS#8 PEM (for `dev`, written into the data folder).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Internal`] when the system has no randomness.
+    pub fn generate_ed25519_pem() -> Result<String> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::new(ErrorKind::Internal, format!("no randomness: {e}")))?;
+        let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode the Ed25519 key: {e}")))?;
+        Ok(pem.to_string())
+    }
+
+    /// The public keys that check access tokens, as a JWKS document: the Ed25519 key with
+    /// EdDSA, none with HS256 (a shared secret is never published).
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": self.jwk.iter().collect::<Vec<_>>()})
+    }
+
+    fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
         validation.leeway = config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation
+    }
+
+    fn ttl_of(config: &AuthConfig) -> chrono::Duration {
+        chrono::Duration::from_std(config.access_token_ttl).unwrap_or(chrono::Duration::minutes(15))
+    }
+
+    /// HS256 keys from the secret, validating issuer, audience, `exp`, `nbf` with the configured leeway.
+    pub fn hs256(secret: &[u8], config: &AuthConfig) -> Self {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            validation,
+            header: Header::new(Algorithm::HS256),
+            jwk: None,
+            validation: Self::validation(Algorithm::HS256, config),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
-            ttl: chrono::Duration::from_std(config.access_token_ttl).unwrap_or(chrono::Duration::minutes(15)),
+            ttl: Self::ttl_of(config),
         }
     }
 
@@ -97,7 +183,7 @@ impl Keys {
             nbf: now.timestamp(),
             exp: (now + self.ttl).timestamp(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&self.header, &claims, &self.encoding)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot sign a token: {e}")))
     }
 
@@ -237,6 +323,46 @@ mod tests {
         refused(&format!("{header}.{body}."));
         refused("cxr_not-a-jwt-at-all");
         refused("");
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_with_the_published_key_only() {
+        let config = AuthConfig { jwt_algorithm: JwtAlgorithm::EdDsa, ..AuthConfig::default() };
+        let pem = Keys::generate_ed25519_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+        let keys = Keys::new(&config, SECRET, Some(&pem)).unwrap();
+        let token = keys.issue(Uuid::nil(), Role::Member, Uuid::nil(), Utc::now()).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        keys.verify(&token).unwrap();
+        // The JWKS document carries the public key, under the token's `kid`, and it checks the token.
+        let jwks = keys.jwks();
+        let jwk = &jwks["keys"][0];
+        assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+        assert_eq!(jwk["kid"].as_str(), header.kid.as_deref());
+        let public = DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["cloudx"]);
+        jsonwebtoken::decode::<serde_json::Value>(&token, &public, &validation).unwrap();
+        // Algorithm confusion: an HS256 token made with the public key (or the HS256 secret)
+        // as the HMAC secret is refused; so is another key's EdDSA token.
+        let now = Utc::now().timestamp();
+        let public_bytes = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+        for secret in [&public_bytes[..], SECRET] {
+            let forged = forge(&claims(now), Header::new(Algorithm::HS256), secret);
+            assert!(keys.verify(&forged).unwrap_err().to_string().contains("algorithm"));
+        }
+        let other = Keys::new(&config, SECRET, Some(&Keys::generate_ed25519_pem().unwrap())).unwrap();
+        let foreign = other.issue(Uuid::nil(), Role::Admin, Uuid::nil(), Utc::now()).unwrap();
+        assert!(keys.verify(&foreign).unwrap_err().to_string().contains("signature"));
+        // HS256 keys publish nothing, and refuse EdDSA tokens.
+        assert_eq!(self::keys().jwks(), serde_json::json!({"keys": []}));
+        assert!(self::keys().verify(&token).unwrap_err().to_string().contains("algorithm"));
+        // A bad key file is named.
+        let bad =
+            Keys::new(&config, SECRET, Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")).err();
+        assert!(bad.unwrap().to_string().contains("auth.jwt_private_key_file"));
+        assert!(Keys::new(&config, SECRET, None).is_err());
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub const KEYS: &[KeySpec] = &[
     key("storage.url", Text, "file://<data_dir>/blobs"),
     key("sandbox.enabled", Bool, "true"),
     secret("auth.jwt_secret", "generated into <data_dir>/jwt-secret (dev only)"),
+    key("auth.jwt_algorithm", Text, "HS256"),
+    key("auth.jwt_private_key_file", Text, "generated into <data_dir>/jwt-ed25519.pem (dev only, EdDSA only)"),
     key("auth.registration", Text, "invite"),
     key("auth.issuer", Text, "cloudx"),
     key("auth.audience", Text, "cloudx"),

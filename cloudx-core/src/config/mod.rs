@@ -274,6 +274,18 @@ pub enum Registration {
     Closed,
 }
 
+/// The signature algorithm of access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `auth.jwt_secret`: every node that checks tokens holds the secret.
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// Ed25519 signatures: other services can check tokens with the public key from
+    /// `/.well-known/jwks.json`, without being able to make them.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
 /// The `[auth]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -282,6 +294,11 @@ pub struct AuthConfig {
     /// The HS256 signing secret (at least 32 bytes). Unset in `dev`: generated into
     /// `<data_dir>/jwt-secret` (mode 0600); `prod` requires it.
     pub jwt_secret: Option<Secret>,
+    /// The algorithm access tokens are signed with; only it is accepted.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// With `EdDSA`: the Ed25519 private key, a PKCS#8 PEM file. Unset in `dev`: generated into
+    /// `<data_dir>/jwt-ed25519.pem` (mode 0600); `prod` requires it.
+    pub jwt_private_key_file: Option<PathBuf>,
     /// Who may register once the first account exists.
     pub registration: Registration,
     /// The `iss` claim of access tokens, checked on every token.
@@ -322,6 +339,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_private_key_file: None,
             registration: Registration::Invite,
             issuer: "cloudx".into(),
             audience: "cloudx".into(),
@@ -606,10 +625,16 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
 
 /// The settings the `prod` profile refuses, with the reason and the fix.
 fn validate_prod(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
-    if config.auth.jwt_secret.is_none() {
+    if config.auth.jwt_secret.is_none() && config.auth.jwt_algorithm == JwtAlgorithm::Hs256 {
         problems.push(ConfigProblem::new(
             "auth.jwt_secret",
             "profile `prod` requires an explicit secret (CLOUDX_AUTH__JWT_SECRET): a generated one is not shared by other nodes and is lost with the data folder",
+        ));
+    }
+    if config.auth.jwt_algorithm == JwtAlgorithm::EdDsa && config.auth.jwt_private_key_file.is_none() {
+        problems.push(ConfigProblem::new(
+            "auth.jwt_private_key_file",
+            "profile `prod` with `auth.jwt_algorithm = \"EdDSA\"` requires a key file shared by every node (an Ed25519 PKCS#8 PEM: `openssl genpkey -algorithm ed25519`)",
         ));
     }
     if config.http.cors_origins.iter().any(|o| o == "*") {
@@ -652,6 +677,10 @@ fn check_origin(origin: &str) -> Result<(), String> {
 }
 
 /// The file that holds the generated JWT secret in a data folder.
+pub(crate) fn jwt_ed25519_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("jwt-ed25519.pem")
+}
+
 pub(crate) fn jwt_secret_path(data_dir: &Path) -> PathBuf {
     data_dir.join("jwt-secret")
 }

@@ -194,6 +194,12 @@ fn prod_refuses_insecure_settings_and_lists_them_all() {
     let secret = "0123456789abcdef0123456789abcdef";
     let config = load(&[("CLOUDX_PROFILE", "prod"), ("CLOUDX_AUTH__JWT_SECRET", secret)]).unwrap();
     assert_eq!(config.profile, Profile::Prod);
+    // EdDSA signs with a key file instead: prod asks for that, and not for the HMAC secret.
+    let p = problems(&[("CLOUDX_PROFILE", "prod"), ("CLOUDX_AUTH__JWT_ALGORITHM", "EdDSA")]);
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["auth.jwt_private_key_file"]);
+    let p = problems(&[("CLOUDX_AUTH__JWT_ALGORITHM", "RS256")]);
+    assert_eq!(p[0].key, "auth.jwt_algorithm", "{p:?}");
 }
 
 #[test]
@@ -239,6 +245,7 @@ fn key_table_matches_the_structs() {
     config.database.url = Some(Secret::new("postgres://x"));
     config.storage.url = Some("memory://".into());
     config.auth.jwt_secret = Some(Secret::new("x"));
+    config.auth.jwt_private_key_file = Some("key.pem".into());
     config.llm.api_key = Some(Secret::new("x"));
     config.llm.organization = Some("x".into());
     let table: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();

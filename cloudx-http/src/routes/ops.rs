@@ -14,7 +14,7 @@ use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).routes(routes!(jwks))
 }
 
 /// The answer of `/healthz`.
@@ -72,4 +72,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+}
+
+/// The public keys that check this instance's access tokens (RFC 7517), for other services that
+/// accept cloudx tokens: the Ed25519 key with `auth.jwt_algorithm = "EdDSA"`; an empty set with
+/// HS256, whose shared secret is never published.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "ops",
+    responses((status = 200, description = "A JWK set", content_type = "application/json", body = Object))
+)]
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(state.cx.auth().jwks()))
 }
