@@ -490,6 +490,16 @@ async fn invites_are_one_time_and_give_their_role(postgres: bool) {
         auth.create_invite(&admin, Role::Member, Some(Duration::from_secs(1)), &client()).await.unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
+    // An unused invite can be withdrawn; a used one, an unknown one, or by a member cannot.
+    let third = auth.create_invite(&admin, Role::Member, None, &client()).await.unwrap();
+    let kind = |r: cloudx_core::Result<cloudx_core::auth::Invite>| r.unwrap_err().kind();
+    assert_eq!(kind(auth.revoke_invite(&member, third.invite.id, &client()).await), ErrorKind::PermissionDenied);
+    let withdrawn = auth.revoke_invite(&admin, third.invite.id, &client()).await.unwrap();
+    assert!(withdrawn.expires_at <= chrono::Utc::now());
+    let late = auth.register(new_user("fay@example.com", PASSWORD), Some(&third.code), &client()).await;
+    assert_eq!(late.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    assert_eq!(kind(auth.revoke_invite(&admin, second.invite.id, &client()).await), ErrorKind::Conflict);
+    assert_eq!(kind(auth.revoke_invite(&admin, uuid::Uuid::now_v7(), &client()).await), ErrorKind::NotFound);
 }
 
 async fn websocket_tickets_work_once(postgres: bool) {

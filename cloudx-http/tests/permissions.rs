@@ -56,6 +56,8 @@ struct Secrets {
     /// A key of the member's that is not the one in use.
     member_spare_key: Uuid,
     invite: String,
+    /// The id of that invite.
+    invite_id: Uuid,
 }
 
 fn config(dir: &std::path::Path) -> cloudx_core::CloudxConfig {
@@ -111,7 +113,8 @@ impl Template {
         let admin_spare_key = auth.create_api_key(&admin_principal, key("spare", Scopes::READ), &client).await.unwrap();
         let member_spare_key =
             auth.create_api_key(&member_principal, key("spare", Scopes::READ), &client).await.unwrap();
-        let invite = auth.create_invite(&system, Role::Member, None, &client).await.unwrap().code;
+        let invite = auth.create_invite(&system, Role::Member, None, &client).await.unwrap();
+        let (invite_id, invite) = (invite.invite.id, invite.code);
         // Closing checkpoints the WAL: the database is then one file to copy.
         cx.close().await;
         let secrets = Secrets {
@@ -125,6 +128,7 @@ impl Template {
             admin_spare_key: admin_spare_key.key.id,
             member_spare_key: member_spare_key.key.id,
             invite,
+            invite_id,
         };
         Self { secrets, dir }
     }
@@ -291,6 +295,12 @@ fn matrix() -> Vec<Row> {
             "/api/v1/invites",
             |_| ("/api/v1/invites".into(), Some(json!({"role": "member"}))),
             [401, 403, 201, 403, 403],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/invites/{id}",
+            |f| plain(&format!("/api/v1/invites/{}", f.invite_id)),
+            [401, 403, 200, 403, 403],
         ),
         row(M::GET, "/api/v1/audit", |_| plain("/api/v1/audit?limit=10"), [401, 403, 200, 403, 403]),
         row(M::GET, "/api/v1/audit/verify", |_| plain("/api/v1/audit/verify"), [401, 403, 200, 403, 403]),

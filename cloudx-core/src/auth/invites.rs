@@ -140,6 +140,45 @@ impl Auth {
         Ok(rows.into_iter().map(invite).collect())
     }
 
+    /// Withdraws an unused invite (administrators only): its code stops working at once. It stays
+    /// listed, expiring now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
+    /// unknown id, [`ErrorKind::Conflict`] for an invite already used.
+    pub async fn revoke_invite(&self, actor: &Principal, id: Uuid, client: &Client) -> Result<Invite> {
+        super::require_admin(actor)?;
+        let at = now();
+        let row: Option<InviteRow> = on_db!(&self.db, |pool| sqlx::query_as(
+            "UPDATE invites SET expires_at = CASE WHEN expires_at > $1 THEN $1 ELSE expires_at END \
+             WHERE id = $2 AND used_at IS NULL \
+             RETURNING id, role, created_by, created_at, expires_at, used_at, used_by"
+        )
+        .bind(at)
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| db_error("withdrawing an invite", e))?;
+        let Some(row) = row else {
+            let exists = self.list_invites(actor).await?.into_iter().any(|i| i.id == id);
+            return Err(if exists {
+                Error::new(ErrorKind::Conflict, "this invite was already used; disable the account it made instead")
+            } else {
+                Error::not_found("no such invite")
+            });
+        };
+        self.audit(Event {
+            action: "invite_revoke",
+            outcome: Outcome::Success,
+            actor: actor.user_id(),
+            target: Some(format!("invite:{id}")),
+            client,
+            detail: None,
+        })
+        .await?;
+        Ok(invite(row))
+    }
+
     /// Creates an account with the role an invite names, using the invite up, in one
     /// transaction: a failed registration leaves the invite usable, and two registrations
     /// with one code cannot both succeed.

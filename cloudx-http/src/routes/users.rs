@@ -22,6 +22,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_users, add_user))
         .routes(routes!(update_user, delete_user))
         .routes(routes!(list_invites, create_invite))
+        .routes(routes!(revoke_invite))
         .routes(routes!(audit_log))
         .routes(routes!(verify_audit_log))
 }
@@ -199,6 +200,26 @@ async fn create_invite(
     let role = body.role.unwrap_or(Role::Member);
     let invite = state.cx.auth().create_invite(caller.principal(), role, ttl, &caller.client).await?;
     Ok((StatusCode::CREATED, Json(invite)))
+}
+
+/// Withdraws an unused invite (administrators only): its code stops working at once.
+#[utoipa::path(
+    delete, path = "/api/v1/invites/{id}", tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The invite's id")),
+    responses(
+        (status = 200, description = "Withdrawn (as it is now listed, expiring now)", body = Invite),
+        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such invite", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The invite was already used", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn revoke_invite(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Invite>, ApiError> {
+    Ok(Json(state.cx.auth().revoke_invite(caller.principal(), id, &caller.client).await?))
 }
 
 /// A page of the audit log.
