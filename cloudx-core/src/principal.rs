@@ -55,6 +55,8 @@ impl Scopes {
     pub const ADMIN: Scopes = Scopes(8);
     /// Every scope: what a session has.
     pub const ALL: Scopes = Scopes(15);
+    /// No scope at all (what an unreadable stored scope list grants).
+    pub(crate) const NONE: Scopes = Scopes(0);
 
     const NAMES: [(Scopes, &'static str); 4] =
         [(Self::READ, "read"), (Self::WRITE, "write"), (Self::EXEC, "exec"), (Self::ADMIN, "admin")];

@@ -122,8 +122,35 @@ async fn the_last_enabled_admin_cannot_be_removed(postgres: bool) {
     }
     let bob =
         auth.add_user(&Principal::System, new_user("bob@example.com", PASSWORD), Role::Admin, &client()).await.unwrap();
-    auth.delete_user(&Principal::System, ada.id, &client()).await.unwrap();
-    assert_eq!(auth.list_users(&Principal::System).await.unwrap(), vec![bob]);
+    // Two administrators demoting each other at once: one of them stays.
+    let (ada_p, bob_p) = (Principal::user(ada.id, Role::Admin), Principal::user(bob.id, Role::Admin));
+    let from = client();
+    let (a, b) = tokio::join!(
+        auth.set_role(&ada_p, bob.id, Role::Member, &from),
+        auth.set_role(&bob_p, ada.id, Role::Member, &from),
+    );
+    assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    let users = auth.list_users(&Principal::System).await.unwrap();
+    assert_eq!(users.iter().filter(|u| u.role == Role::Admin).count(), 1);
+    // A key with `admin` but not `write` may look, not change.
+    let admin_email = if a.is_ok() { "ada@example.com" } else { "bob@example.com" };
+    let (_, tokens) = auth.login(admin_email, PASSWORD, &client()).await.unwrap();
+    let session = auth.authenticate(&tokens.access_token).unwrap();
+    let scopes = Scopes::parse(["read", "admin"]).unwrap();
+    let key = NewApiKey { name: "audit".into(), scopes, expires_at: None };
+    let key = auth.create_api_key(&session.principal, key, &client()).await.unwrap();
+    let auditor = auth.authenticate_bearer(&key.secret).await.unwrap().principal;
+    auth.list_users(&auditor).await.unwrap();
+    auth.audit_log(&auditor, None, 10).await.unwrap();
+    let refused = auth.add_user(&auditor, new_user("carl@example.com", PASSWORD), Role::Member, &client()).await;
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    let refused = auth.create_invite(&auditor, Role::Member, None, &client()).await;
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    // The last one goes only once another administrator exists.
+    let other = if a.is_ok() { bob.id } else { ada.id };
+    auth.set_role(&Principal::System, other, Role::Admin, &client()).await.unwrap();
+    auth.delete_user(&Principal::System, session.principal.user_id().unwrap(), &client()).await.unwrap();
+    assert_eq!(auth.list_users(&Principal::System).await.unwrap().len(), 1);
 }
 
 async fn first_account_is_admin_and_registration_follows_the_setting(postgres: bool) {
@@ -274,7 +301,8 @@ async fn password_change_ends_the_other_sessions(postgres: bool) {
     let (_, phone) = auth.login("ada@example.com", PASSWORD, &client()).await.unwrap();
     let who: Authenticated = auth.authenticate(&laptop.access_token).unwrap();
     let wrong = auth.change_password(&who, OTHER_PASSWORD, OTHER_PASSWORD, &client()).await.unwrap_err();
-    assert_eq!(wrong.kind(), ErrorKind::Unauthenticated);
+    // 403, not 401: the token is fine, and a client must not refresh and retry.
+    assert_eq!(wrong.kind(), ErrorKind::PermissionDenied);
     let weak = auth.change_password(&who, PASSWORD, "qwerty123", &client()).await.unwrap_err();
     assert_eq!(weak.kind(), ErrorKind::InvalidInput);
     auth.change_password(&who, PASSWORD, OTHER_PASSWORD, &client()).await.unwrap();

@@ -251,7 +251,7 @@ fn matrix() -> Vec<Row> {
                 let body = json!({"current_password": MEMBER_PASSWORD, "new_password": "Another-Fine-Passphrase-42"});
                 ("/api/v1/auth/password".into(), Some(body))
             },
-            [401, 204, 401, 403, 403],
+            [401, 204, 403, 403, 403],
         ),
         row(M::POST, "/api/v1/auth/ws-ticket", |_| plain("/api/v1/auth/ws-ticket"), [401, 200, 200, 200, 200]),
         // Administration: an administrator's session, or key with the admin scope.

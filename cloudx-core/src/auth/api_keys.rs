@@ -83,7 +83,8 @@ fn api_key((id, name, prefix, scopes, created_at, expires_at, last_used_at, revo
         id,
         name,
         prefix,
-        scopes: Scopes::parse(scopes.split(',')).unwrap_or(Scopes::READ),
+        // Written by this code only; a list it cannot read grants nothing.
+        scopes: Scopes::parse(scopes.split(',')).unwrap_or(Scopes::NONE),
         created_at,
         expires_at,
         last_used_at,
@@ -274,7 +275,10 @@ impl Auth {
                 .map(|r| r.rows_affected()))
             .map_err(|e| db_error("recording an API key's use", e))?;
         }
-        let scopes = Scopes::parse(scopes.split(',')).unwrap_or(Scopes::READ);
+        let scopes = Scopes::parse(scopes.split(',')).map_err(|e| {
+            tracing::error!(key = %id, error = %e, "an API key's stored scopes are unreadable; refusing it");
+            Error::new(ErrorKind::Unauthenticated, "this API key cannot be used; create a new one")
+        })?;
         Ok(Authenticated {
             principal: Principal::User { id: user, role: parse_role(&role), scopes, api_key: Some(id) },
             session_id: None,

@@ -82,7 +82,7 @@ impl Auth {
         ttl: Option<std::time::Duration>,
         client: &Client,
     ) -> Result<CreatedInvite> {
-        super::require_admin(actor)?;
+        super::require_admin_change(actor)?;
         let ttl = ttl.unwrap_or(DEFAULT_INVITE_TTL);
         if ttl < std::time::Duration::from_secs(60) || ttl > MAX_INVITE_TTL {
             return Err(Error::invalid("expires_in: an invite is valid for 1 minute to 90 days"));
@@ -147,7 +147,7 @@ impl Auth {
     /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
     /// unknown id, [`ErrorKind::Conflict`] for an invite already used.
     pub async fn revoke_invite(&self, actor: &Principal, id: Uuid, client: &Client) -> Result<Invite> {
-        super::require_admin(actor)?;
+        super::require_admin_change(actor)?;
         let at = now();
         let row: Option<InviteRow> = on_db!(&self.db, |pool| sqlx::query_as(
             "UPDATE invites SET expires_at = CASE WHEN expires_at > $1 THEN $1 ELSE expires_at END \

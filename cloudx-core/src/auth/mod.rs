@@ -49,6 +49,18 @@ use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::{Principal, Role};
 
+/// Serialises changes that could take away the last administrator, on Postgres.
+const ADMINS_LOCK: i64 = 0x636c_6f75_6478_0004;
+
+/// A change to an account that [`Auth::apply_keeping_an_admin`] makes.
+#[derive(Debug, Clone, Copy)]
+enum AdminChange {
+    Disable,
+    Enable,
+    SetRole(Role),
+    Delete,
+}
+
 /// Serialises the creation of the first account on Postgres.
 const FIRST_ADMIN_LOCK: i64 = 0x636c_6f75_6478_0003;
 
@@ -361,7 +373,7 @@ impl Auth {
     /// # Errors
     /// As [`Auth::register`]; [`ErrorKind::PermissionDenied`] for a non-administrator.
     pub async fn add_user(&self, actor: &Principal, new: NewUser, role: Role, client: &Client) -> Result<User> {
-        require_admin(actor)?;
+        require_admin_change(actor)?;
         let email = normalize_email(&new.email)?;
         let display_name = check_display_name(&new.display_name)?;
         password::check_policy(&new.password, self.config.password_min_length, &email)?;
@@ -494,7 +506,7 @@ impl Auth {
     /// [`ErrorKind::Unauthenticated`] for wrong credentials.
     pub async fn login(&self, email: &str, password: &str, client: &Client) -> Result<(User, Tokens)> {
         let email = email.trim().to_lowercase();
-        self.throttle.check(&email)?;
+        let armed = self.throttle.attempt(&email)?;
         let found =
             if password.len() > password::MAX_PASSWORD_BYTES { None } else { self.find_by_email(&email).await? };
         let verified = self.hasher.verify(password, found.as_ref().map(|(_, hash)| hash.as_str())).await?;
@@ -506,7 +518,7 @@ impl Auth {
                     Some(_) => "wrong password",
                     None => "no such account",
                 };
-                let detail = match self.throttle.failed(&email) {
+                let detail = match armed {
                     Some(delay) => format!("{why}; next attempt delayed {} s", delay.as_secs()),
                     None => why.to_owned(),
                 };
@@ -886,6 +898,9 @@ impl Auth {
         };
         let (user, hash) =
             self.find_by_id(id).await?.ok_or_else(|| Error::not_found("the account no longer exists"))?;
+        // Guessing the current password with a stolen access token is slowed down exactly like
+        // guessing it at sign-in.
+        let armed = self.throttle.attempt(&user.email)?;
         if self.hasher.verify(current, Some(&hash)).await? == Verified::No {
             self.audit(Event {
                 action: "password_change",
@@ -893,11 +908,17 @@ impl Auth {
                 actor: Some(id),
                 target: Some(format!("user:{id}")),
                 client,
-                detail: Some("wrong current password".into()),
+                detail: Some(match armed {
+                    Some(delay) => format!("wrong current password; next attempt delayed {} s", delay.as_secs()),
+                    None => "wrong current password".into(),
+                }),
             })
             .await?;
-            return Err(Error::new(ErrorKind::Unauthenticated, "the current password is wrong"));
+            // Not 401: the caller's token is fine, and a client must not take this for an
+            // expired token and refresh.
+            return Err(Error::new(ErrorKind::PermissionDenied, "the current password is wrong"));
         }
+        self.throttle.succeeded(&user.email);
         password::check_policy(new, self.config.password_min_length, &user.email)?;
         let new_hash = self.hasher.hash(new).await?;
         on_db!(&self.db, |pool| sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
@@ -938,25 +959,13 @@ impl Auth {
     /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
     /// unknown id, [`ErrorKind::Conflict`] for disabling oneself.
     pub async fn set_disabled(&self, actor: &Principal, id: Uuid, disabled: bool, client: &Client) -> Result<User> {
-        require_admin(actor)?;
+        require_admin_change(actor)?;
         if disabled && actor.user_id() == Some(id) {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot disable their own account"));
         }
-        if disabled {
-            let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
-            self.keep_an_admin(&target).await?;
-        }
-        let at = now();
-        let changed =
-            on_db!(&self.db, |pool| sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $2 WHERE id = $3")
-                .bind(disabled.then_some(at))
-                .bind(at)
-                .bind(id)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
-            .map_err(|e| db_error("updating the account", e))?;
-        if changed == 0 {
+        let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        let change = if disabled { AdminChange::Disable } else { AdminChange::Enable };
+        if self.apply_keeping_an_admin(&target, change).await? == 0 {
             return Err(Error::not_found("no such user"));
         }
         if disabled {
@@ -991,19 +1000,9 @@ impl Auth {
     /// [`ErrorKind::PermissionDenied`] for a non-administrator, [`ErrorKind::NotFound`] for an
     /// unknown id, [`ErrorKind::Conflict`] when it would leave no enabled administrator.
     pub async fn set_role(&self, actor: &Principal, id: Uuid, role: Role, client: &Client) -> Result<User> {
-        require_admin(actor)?;
+        require_admin_change(actor)?;
         let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
-        if target.role == Role::Admin && role != Role::Admin && self.enabled_admins().await? <= 1 {
-            return Err(Error::new(ErrorKind::Conflict, "this is the last administrator; make another one first"));
-        }
-        on_db!(&self.db, |pool| sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
-            .bind(role_str(role))
-            .bind(now())
-            .bind(id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(|e| db_error("updating the account", e))?;
+        self.apply_keeping_an_admin(&target, AdminChange::SetRole(role)).await?;
         if target.role != role {
             self.end_sessions_of(id, None, "role changed").await?;
         }
@@ -1020,24 +1019,106 @@ impl Auth {
         Ok(User { role, ..target })
     }
 
-    /// Refuses to take away the last enabled administrator (by deleting or disabling `target`).
-    async fn keep_an_admin(&self, target: &User) -> Result<()> {
-        if target.role == Role::Admin && !target.disabled && self.enabled_admins().await? <= 1 {
-            return Err(Error::new(
+    /// Applies `change` to `target`, refusing one that would leave no enabled administrator.
+    /// The count and the change are one transaction, serialised with every other such change
+    /// (SQLite: `BEGIN IMMEDIATE`; Postgres: an advisory lock), so two administrators demoting
+    /// each other at once cannot both succeed. Returns the rows changed (0: no such user).
+    async fn apply_keeping_an_admin(&self, target: &User, change: AdminChange) -> Result<u64> {
+        let takes_an_admin = target.role == Role::Admin
+            && !target.disabled
+            && matches!(change, AdminChange::Disable | AdminChange::SetRole(Role::Member) | AdminChange::Delete);
+        let (id, at) = (target.id, now());
+        let forget_before = at - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+        macro_rules! apply {
+            ($tx:expr) => {
+                async {
+                    let mut tx = $tx;
+                    if takes_an_admin {
+                        let admins: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
+                        )
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if admins <= 1 {
+                            return Ok::<_, sqlx::Error>(None);
+                        }
+                    }
+                    let changed = match change {
+                        AdminChange::Disable => {
+                            sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $1 WHERE id = $2")
+                                .bind(at)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                        }
+                        AdminChange::Enable => {
+                            sqlx::query("UPDATE users SET disabled_at = NULL, updated_at = $1 WHERE id = $2")
+                                .bind(at)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                        }
+                        AdminChange::SetRole(role) => {
+                            sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
+                                .bind(role_str(role))
+                                .bind(at)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                        }
+                        AdminChange::Delete => {
+                            // Remembered while their access tokens can be valid: the sessions
+                            // that said they were revoked go with the account.
+                            sqlx::query("DELETE FROM deleted_users WHERE deleted_at < $1")
+                                .bind(forget_before)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query(
+                                "INSERT INTO deleted_users (id, deleted_at) VALUES ($1, $2) \
+                                 ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at",
+                            )
+                            .bind(id)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                            sqlx::query("DELETE FROM users WHERE id = $1")
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                        }
+                    };
+                    tx.commit().await?;
+                    Ok(Some(changed))
+                }
+                .await
+            };
+        }
+        let applied = match &self.db {
+            Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => apply!(tx),
+                Err(e) => Err(e),
+            },
+            Database::Postgres(pool) => match pool.begin().await {
+                Ok(mut tx) => {
+                    match sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ADMINS_LOCK).execute(&mut *tx).await {
+                        Ok(_) => apply!(tx),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| db_error("updating the account", e))?;
+        applied.ok_or_else(|| {
+            Error::new(
                 ErrorKind::Conflict,
                 format!("{} is the last enabled administrator; make another one first", target.email),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn enabled_admins(&self) -> Result<i64> {
-        on_db!(&self.db, |pool| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL"
-        )
-        .fetch_one(pool)
-        .await)
-        .map_err(|e| db_error("counting administrators", e))
+            )
+        })
     }
 
     /// Deletes an account and everything that belongs to it (administrators only).
@@ -1046,32 +1127,14 @@ impl Auth {
     /// As [`Auth::set_role`]; [`ErrorKind::Conflict`] for deleting oneself or the last enabled
     /// administrator.
     pub async fn delete_user(&self, actor: &Principal, id: Uuid, client: &Client) -> Result<()> {
-        require_admin(actor)?;
+        require_admin_change(actor)?;
         if actor.user_id() == Some(id) {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot delete their own account"));
         }
         let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
-        self.keep_an_admin(&target).await?;
-        // Ended first, so that this process refuses their tokens; the rows go with the user.
-        self.end_sessions_of(id, None, "account deleted").await?;
-        // Remembered while their access tokens can be valid: the sessions that said so are gone.
-        let at = now();
-        let forget_before = at - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
-        let deleted = on_db!(&self.db, |pool| async {
-            sqlx::query("DELETE FROM deleted_users WHERE deleted_at < $1").bind(forget_before).execute(pool).await?;
-            sqlx::query(
-                "INSERT INTO deleted_users (id, deleted_at) VALUES ($1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at",
-            )
-            .bind(id)
-            .bind(at)
-            .execute(pool)
-            .await?;
-            sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(pool).await.map(|r| r.rows_affected())
-        }
-        .await)
-        .map_err(|e| db_error("deleting the account", e))?;
-        if deleted == 0 {
+        // One transaction: the account, its sessions and keys go, and it is remembered in
+        // `deleted_users`, so that every node keeps refusing its access tokens.
+        if self.apply_keeping_an_admin(&target, AdminChange::Delete).await? == 0 {
             return Err(Error::not_found("no such user"));
         }
         self.revoke_in_memory([], Some(id));
@@ -1109,4 +1172,11 @@ impl Auth {
 
 fn require_admin(actor: &Principal) -> Result<()> {
     if actor.is_admin() { Ok(()) } else { Err(Error::new(ErrorKind::PermissionDenied, "this needs an administrator")) }
+}
+
+/// An administrator's change (to accounts, invites): the `admin` scope to act as one, and
+/// `write` to change anything, so that a `read,admin` key can audit but not alter.
+fn require_admin_change(actor: &Principal) -> Result<()> {
+    require_admin(actor)?;
+    actor.require(crate::principal::Scopes::WRITE)
 }

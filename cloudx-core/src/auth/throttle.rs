@@ -39,30 +39,23 @@ impl LoginThrottle {
         Self { free, max, failures: Mutex::default() }
     }
 
-    /// Refuses an attempt made before the account's delay has passed.
-    pub(crate) fn check(&self, email: &str) -> Result<()> {
-        let now = Instant::now();
-        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        match failures.get(email) {
-            Some(f) if f.wait_until > now => {
-                let wait = f.wait_until - now;
-                Err(Error::new(
-                    ErrorKind::RateLimited,
-                    format!(
-                        "too many failed sign-ins for this account; try again in {} s",
-                        wait.as_secs_f64().ceil() as u64
-                    ),
-                )
-                .with_retry_after(wait))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failed attempt; returns the delay now imposed, if any.
-    pub(crate) fn failed(&self, email: &str) -> Option<Duration> {
+    /// Starts an attempt: refuses it while the account's delay lasts, else counts it as a
+    /// failure at once (a success clears the count), so that attempts sent in parallel cannot
+    /// all pass before the first of them has failed. Returns the delay this attempt arms, if any.
+    pub(crate) fn attempt(&self, email: &str) -> Result<Option<Duration>> {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = failures.get(email).filter(|f| f.wait_until > now) {
+            let wait = f.wait_until - now;
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many failed sign-ins for this account; try again in {} s",
+                    wait.as_secs_f64().ceil() as u64
+                ),
+            )
+            .with_retry_after(wait));
+        }
         if failures.len() >= SWEEP_AT {
             failures.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
         }
@@ -73,12 +66,12 @@ impl LoginThrottle {
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
         if entry.count <= self.free {
-            return None;
+            return Ok(None);
         }
         let over = entry.count - self.free;
         let delay = Duration::from_secs(1u64 << (over - 1).min(20)).min(self.max);
         entry.wait_until = now + delay;
-        Some(delay)
+        Ok(Some(delay))
     }
 
     /// Clears the account's failures.
@@ -92,29 +85,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_start_after_the_free_failures_and_double_up_to_the_maximum() {
+    fn delays_start_after_the_free_attempts_and_double_up_to_the_maximum() {
         let throttle = LoginThrottle::new(3, Duration::from_secs(5));
         for _ in 0..3 {
-            assert_eq!(throttle.failed("a@example.com"), None);
-            throttle.check("a@example.com").unwrap();
+            assert_eq!(throttle.attempt("a@example.com").unwrap(), None);
         }
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(1)));
-        let refused = throttle.check("a@example.com").unwrap_err();
+        assert_eq!(throttle.attempt("a@example.com").unwrap(), Some(Duration::from_secs(1)));
+        let refused = throttle.attempt("a@example.com").unwrap_err();
         assert_eq!(refused.kind(), ErrorKind::RateLimited);
         assert!(refused.retry_after().unwrap() <= Duration::from_secs(1));
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(2)));
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(4)));
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(5)));
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(5)));
         // Other accounts are not affected; success clears.
-        throttle.check("b@example.com").unwrap();
+        assert_eq!(throttle.attempt("b@example.com").unwrap(), None);
         throttle.succeeded("a@example.com");
-        throttle.check("a@example.com").unwrap();
+        assert_eq!(throttle.attempt("a@example.com").unwrap(), None);
     }
 
     #[test]
-    fn zero_free_failures_delays_from_the_first() {
-        let throttle = LoginThrottle::new(0, Duration::from_secs(60));
-        assert_eq!(throttle.failed("a@example.com"), Some(Duration::from_secs(1)));
+    fn the_delay_doubles_up_to_the_maximum() {
+        let throttle = LoginThrottle::new(0, Duration::from_secs(5));
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            delays.push(throttle.attempt("a@example.com").unwrap().unwrap().as_secs());
+            // Let the delay pass without waiting: move it into the past.
+            throttle.failures.lock().unwrap().get_mut("a@example.com").unwrap().wait_until = Instant::now();
+        }
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn parallel_attempts_cannot_all_pass_before_one_fails() {
+        let throttle = LoginThrottle::new(2, Duration::from_secs(60));
+        // Ten attempts begun together (none has finished): the free ones, one that arms the
+        // delay, and then refusals.
+        let passed = (0..10).filter(|_| throttle.attempt("a@example.com").is_ok()).count();
+        assert_eq!(passed, 3);
     }
 }

@@ -113,11 +113,7 @@ impl Auth {
         .await)
         .map_err(|e| db_error("redeeming a ticket", e))?;
         let (role,) = owner.ok_or_else(bad_ticket)?;
-        Ok(Principal::User {
-            id: user,
-            role: parse_role(&role),
-            scopes: Scopes::parse(scopes.split(',')).unwrap_or(Scopes::READ),
-            api_key,
-        })
+        let scopes = Scopes::parse(scopes.split(',')).map_err(|_| bad_ticket())?;
+        Ok(Principal::User { id: user, role: parse_role(&role), scopes, api_key })
     }
 }

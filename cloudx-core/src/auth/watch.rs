@@ -170,20 +170,33 @@ async fn listen(pool: &sqlx::PgPool, db: &Database, revoked: &Weak<RwLock<Revoke
     {
         tracing::warn!(error = %e, "could not re-read revocations");
     }
+    // Set when notices may have been missed: the set is read again at the next chance.
+    let mut stale = false;
     loop {
         let notice = listener.try_recv().await;
         let Some(set) = revoked.upgrade() else { return };
         match notice {
-            Ok(Some(notice)) => apply(&set, notice.payload()),
-            // The connection was lost and is being re-established: what was said meanwhile is
-            // lost, so read it all again.
-            Ok(None) => {
-                if let Err(e) = reload(db, &set, horizon).await {
-                    tracing::warn!(error = %e, "could not re-read revocations");
+            Ok(notice) => {
+                // `None`: the connection was lost and is being re-established. Either way, after
+                // an outage what was said meanwhile is lost, so read it all again.
+                if stale || notice.is_none() {
+                    stale = match reload(db, &set, horizon).await {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not re-read revocations");
+                            true
+                        }
+                    };
+                }
+                if let Some(notice) = notice {
+                    apply(&set, notice.payload());
                 }
             }
+            // A failed reconnect; the next `try_recv` tries again, and may succeed without
+            // saying so: remember to reload then.
             Err(e) => {
                 tracing::warn!(error = %e, "revocation listener failed; retrying");
+                stale = true;
                 drop(set);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

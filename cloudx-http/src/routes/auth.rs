@@ -191,8 +191,9 @@ pub(crate) struct PasswordChange {
     responses(
         (status = 204, description = "Changed; other sessions ended"),
         (status = 400, description = "The new password breaks the policy", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "The current password is wrong", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Called with an API key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong, or called with an API key", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong passwords for this account; `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn change_password(
