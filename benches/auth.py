@@ -6,8 +6,9 @@ limiter does not decide the figure):
   * throughput of `GET /api/v1/auth/me` with a bearer access token (token check, revocation
     set, one account read from the database) and of `GET /healthz`, alternating, R rounds each,
     `wrk -t2 -c64`; medians and their ratio;
-  * `/healthz` latency while 64 clients sign in at once, over and over (`POST
-    /api/v1/auth/login`: argon2id on the blocking pool, a session and an audit row written):
+  * `/healthz` latency while 64 clients sign in at once, over and over, each as one of 64
+    accounts (`POST /api/v1/auth/login`: argon2id on the blocking pool, a session and an audit
+    row written; one account each, because parallel sign-ins to one account are throttled):
     p50/p99 of /healthz meanwhile, next to its p50/p99 with no logins.
 
 Usage: python3 benches/auth.py [--rounds 5] [--duration 8]
@@ -80,6 +81,7 @@ def main():
                              input=PASSWORD + "\n", capture_output=True, text=True)
         if add.returncode != 0:
             sys.exit(f"cloudx user add failed: {add.stderr}")
+        # The accounts the sign-in storm uses, made through the API (one argon2 hash each).
         port = free_port()
         daemon, _ = start([cloudx, "serve", "--bind", f"127.0.0.1:{port}"], port, folder, env)
         base = f"http://127.0.0.1:{port}"
@@ -87,11 +89,20 @@ def main():
                                          data=json.dumps({"email": EMAIL, "password": PASSWORD}).encode(),
                                          headers={"Content-Type": "application/json"})
         access = json.load(urllib.request.urlopen(request))["access_token"]
+        for n in range(64):
+            body = json.dumps({"email": f"storm{n}@example.com", "password": PASSWORD, "display_name": f"Storm {n}"})
+            add = urllib.request.Request(f"{base}/api/v1/users", method="POST", data=body.encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {access}"})
+            urllib.request.urlopen(add).read()
         me_lua = write_lua(folder, "me.lua", f'wrk.headers["Authorization"] = "Bearer {access}"\n')
         login_lua = write_lua(folder, "login.lua", (
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.body = \'{{"email": "{EMAIL}", "password": "{PASSWORD}"}}\'\n'))
+            'counter = 0\n'
+            'request = function()\n'
+            '  counter = counter + 1\n'
+            f'  local body = string.format(\'{{"email": "storm%d@example.com", "password": "{PASSWORD}"}}\', counter % 64)\n'
+            '  return wrk.format("POST", "/api/v1/auth/login", {["Content-Type"] = "application/json"}, body)\n'
+            'end\n'))
 
         # 1. Authenticated GET next to /healthz, alternating.
         wrk(f"{base}/healthz", 2, args.connections)

@@ -1,5 +1,6 @@
-//! The `Cloudx` facade: one handle that owns the database (and, as they arrive, the storage,
-//! queue, sandbox and auth ports) and offers every operation the front ends expose.
+//! The `Cloudx` facade: one handle that owns the database and the auth port (and, as they
+//! arrive, the storage, queue and sandbox ports) and offers every operation the front ends
+//! expose.
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 /// The media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// The HTTP status of each error kind (DESIGN.md, "Errors").
+/// The HTTP status of each error kind (docs/architecture.md, "Errors").
 pub fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,

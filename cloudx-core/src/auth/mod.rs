@@ -845,7 +845,7 @@ impl Auth {
     }
 
     /// The principal of the account with `email`, for the local system principal to act as
-    /// that user (`cloudx apikey create --user`, the embedded Python's `as_user`).
+    /// that user (for local tools such as the embedded Python's `as_user`, when it arrives).
     ///
     /// # Errors
     /// [`ErrorKind::PermissionDenied`] unless `actor` is the system principal,
@@ -886,7 +886,8 @@ impl Auth {
     /// session of theirs.
     ///
     /// # Errors
-    /// [`ErrorKind::Unauthenticated`] when `current` is wrong, [`ErrorKind::InvalidInput`] when
+    /// [`ErrorKind::PermissionDenied`] when `current` is wrong (or with an API key),
+    /// [`ErrorKind::RateLimited`] while wrong guesses are delayed, [`ErrorKind::InvalidInput`] when
     /// the new password breaks the policy.
     pub async fn change_password(&self, who: &Authenticated, current: &str, new: &str, client: &Client) -> Result<()> {
         let id = who.principal.user_id().ok_or_else(|| Error::invalid("the local system principal has no password"))?;
@@ -991,6 +992,37 @@ impl Auth {
         })
         .await?;
         self.find_by_id(id).await?.map(|(user, _)| user).ok_or_else(|| Error::not_found("no such user"))
+    }
+
+    /// Changes an account's role and/or whether it is disabled (administrators only): what
+    /// `PATCH /api/v1/users/{id}` does. Every check is made before anything changes.
+    ///
+    /// # Errors
+    /// As [`Auth::set_role`] and [`Auth::set_disabled`]; [`ErrorKind::InvalidInput`] when
+    /// neither is given.
+    pub async fn update_user(
+        &self,
+        actor: &Principal,
+        id: Uuid,
+        role: Option<Role>,
+        disabled: Option<bool>,
+        client: &Client,
+    ) -> Result<User> {
+        require_admin_change(actor)?;
+        if role.is_none() && disabled.is_none() {
+            return Err(Error::invalid("nothing to change: send `role` and/or `disabled`"));
+        }
+        if disabled == Some(true) && actor.user_id() == Some(id) {
+            return Err(Error::new(ErrorKind::Conflict, "an administrator cannot disable their own account"));
+        }
+        let mut user = None;
+        if let Some(role) = role {
+            user = Some(self.set_role(actor, id, role, client).await?);
+        }
+        if let Some(disabled) = disabled {
+            user = Some(self.set_disabled(actor, id, disabled, client).await?);
+        }
+        user.ok_or_else(|| Error::invalid("nothing to change"))
     }
 
     /// Sets an account's global role (administrators only). Its sessions end, so that no

@@ -108,30 +108,8 @@ async fn update_user(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
-    let auth = state.cx.auth();
-    let principal = caller.principal();
-    if body.role.is_none() && body.disabled.is_none() {
-        // Still an administrator's question: others learn nothing about the account.
-        auth.list_users(principal).await?;
-        return Err(cloudx_core::Error::invalid("nothing to change: send `role` and/or `disabled`").into());
-    }
-    if body.disabled == Some(true) && principal.user_id() == Some(id) {
-        // Refused before the role changes, so that the request does all or nothing.
-        auth.list_users(principal).await?;
-        return Err(cloudx_core::Error::new(
-            cloudx_core::ErrorKind::Conflict,
-            "an administrator cannot disable their own account",
-        )
-        .into());
-    }
-    let mut user = None;
-    if let Some(role) = body.role {
-        user = Some(auth.set_role(principal, id, role, &caller.client).await?);
-    }
-    if let Some(disabled) = body.disabled {
-        user = Some(auth.set_disabled(principal, id, disabled, &caller.client).await?);
-    }
-    Ok(Json(user.expect("at least one change was made")))
+    let user = state.cx.auth().update_user(caller.principal(), id, body.role, body.disabled, &caller.client).await?;
+    Ok(Json(user))
 }
 
 /// Deletes an account and everything it owns (administrators only; not one's own).
