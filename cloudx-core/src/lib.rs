@@ -32,6 +32,37 @@ macro_rules! on_db {
     };
 }
 
+/// Runs `$body` (an expression using the transaction `$tx` and giving a
+/// `Result<_, sqlx::Error>`, which commits or drops it) in a write transaction: on SQLite one
+/// opened with `BEGIN IMMEDIATE`, so it takes the write lock up front instead of failing to
+/// upgrade a read; on Postgres a plain one, after taking the transaction-scoped advisory lock
+/// `$lock` when given (to serialise a check and the write it allows).
+macro_rules! in_write_tx {
+    ($db:expr, $(lock = $lock:expr,)? |$tx:ident| $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok($tx) => $body,
+                Err(e) => Err(e),
+            },
+            $crate::db::Database::Postgres(pool) => match pool.begin().await {
+                #[allow(unused_mut)]
+                Ok(mut $tx) => {
+                    let locked: ::std::result::Result<(), sqlx::Error> = async {
+                        $(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind($lock).execute(&mut *$tx).await?;)?
+                        Ok(())
+                    }
+                    .await;
+                    match locked {
+                        Ok(()) => $body,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        }
+    };
+}
+
 pub mod auth;
 mod cloudx;
 pub mod config;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::audit::{Client, Event, Outcome};
 use super::{Auth, User, now, parse_role, role_str, token};
-use crate::db::{Database, db_error};
+use crate::db::db_error;
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::{Principal, Role};
 
@@ -233,16 +233,7 @@ impl Auth {
                 .await
             };
         }
-        let registered = match &self.db {
-            Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => register!(tx),
-                Err(e) => Err(e),
-            },
-            Database::Postgres(pool) => match pool.begin().await {
-                Ok(tx) => register!(tx),
-                Err(e) => Err(e),
-            },
-        };
+        let registered = in_write_tx!(&self.db, |tx| register!(tx));
         match registered {
             Ok(Some(role)) => Ok(User {
                 id,

@@ -398,42 +398,28 @@ impl Auth {
 
     /// Creates the instance's first account, as its administrator, unless another account
     /// exists by then: `None` when someone else was first. Two registrations racing on an empty
-    /// instance cannot both become administrators: SQLite runs the conditional insert as one
-    /// write, Postgres under a transaction-scoped advisory lock.
+    /// instance cannot both become administrators: the conditional insert runs in a write
+    /// transaction, on Postgres under an advisory lock.
     async fn insert_first_admin(&self, email: &str, display_name: &str, hash: &str) -> Result<Option<User>> {
         let at = now();
         let id = Uuid::now_v7();
         let sql = "INSERT INTO users (id, email, display_name, password_hash, role, created_at, updated_at) \
                    SELECT $1, $2, $3, $4, 'admin', $5, $5 WHERE NOT EXISTS (SELECT 1 FROM users)";
-        let inserted = match &self.db {
-            Database::Sqlite(pool) => sqlx::query(sql)
+        let inserted = in_write_tx!(&self.db, lock = FIRST_ADMIN_LOCK, |tx| async {
+            let mut tx = tx;
+            let n = sqlx::query(sql)
                 .bind(id)
                 .bind(email)
                 .bind(display_name)
                 .bind(hash)
                 .bind(at)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
-            Database::Postgres(pool) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(FIRST_ADMIN_LOCK).execute(&mut *tx).await?;
-                    let n = sqlx::query(sql)
-                        .bind(id)
-                        .bind(email)
-                        .bind(display_name)
-                        .bind(hash)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    tx.commit().await?;
-                    Ok(n)
-                }
-                .await
-            }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
         }
+        .await)
         .map_err(|e| db_error("creating the first account", e))?;
         Ok((inserted == 1).then(|| User {
             id,
@@ -650,17 +636,7 @@ impl Auth {
                 .await
             };
         }
-        let won = match &self.db {
-            Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => rotate!(tx),
-                Err(e) => Err(e),
-            },
-            Database::Postgres(pool) => match pool.begin().await {
-                Ok(tx) => rotate!(tx),
-                Err(e) => Err(e),
-            },
-        }
-        .map_err(|e| db_error("refreshing a session", e))?;
+        let won = in_write_tx!(&self.db, |tx| rotate!(tx)).map_err(|e| db_error("refreshing a session", e))?;
         if let Some(session) = won {
             let (user_id, role) = self.session_owner(session).await?.ok_or_else(bad_refresh)?;
             self.audit(Event {
@@ -1129,22 +1105,8 @@ impl Auth {
                 .await
             };
         }
-        let applied = match &self.db {
-            Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
-                Ok(tx) => apply!(tx),
-                Err(e) => Err(e),
-            },
-            Database::Postgres(pool) => match pool.begin().await {
-                Ok(mut tx) => {
-                    match sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ADMINS_LOCK).execute(&mut *tx).await {
-                        Ok(_) => apply!(tx),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            },
-        }
-        .map_err(|e| db_error("updating the account", e))?;
+        let applied = in_write_tx!(&self.db, lock = ADMINS_LOCK, |tx| apply!(tx))
+            .map_err(|e| db_error("updating the account", e))?;
         applied.ok_or_else(|| {
             Error::new(
                 ErrorKind::Conflict,
