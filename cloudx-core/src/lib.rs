@@ -63,6 +63,7 @@ macro_rules! in_write_tx {
     };
 }
 
+pub mod access;
 pub mod auth;
 mod cloudx;
 pub mod config;
@@ -73,6 +74,7 @@ mod principal;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use crate::access::{ProjectAction, ProjectRole, check_project};
 pub use crate::cloudx::{Check, Cloudx, Readiness};
 pub use crate::config::CloudxConfig;
 pub use crate::error::{Error, ErrorKind, Result};
