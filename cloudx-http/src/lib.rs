@@ -47,7 +47,35 @@ pub fn openapi() -> OpenApi {
 
 fn openapi_document(mut doc: OpenApi) -> OpenApi {
     doc.info.version = cloudx_core::VERSION.to_owned();
+    add_common_responses(&mut doc);
     doc
+}
+
+/// The answers the extractors give rather than the handlers, documented once here: 401 on
+/// every operation that needs a credential, 429 on every API operation (the rate limits).
+fn add_common_responses(doc: &mut OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+        ResponseBuilder::new().description(description).content(error::PROBLEM_JSON, content).build()
+    };
+    for (path, item) in &mut doc.paths.paths {
+        let api = path.starts_with("/api/");
+        let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| problem("No credential, or one that is malformed, expired or revoked").into());
+            }
+            if api {
+                responses.entry("429".into()).or_insert_with(|| {
+                    problem("Too many requests (http.rate_limit_*); `Retry-After` says when to try again").into()
+                });
+            }
+        }
+    }
 }
 
 async fn fallback() -> error::ApiError {

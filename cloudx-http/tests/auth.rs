@@ -346,6 +346,13 @@ async fn the_openapi_document_declares_the_bearer_scheme_on_protected_routes() {
         for (method, operation) in item.as_object().unwrap() {
             let secured = operation["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
             assert_eq!(secured, !public.contains(&path.as_str()), "{method} {path}");
+            // What the extractors answer is documented too.
+            if secured {
+                assert!(operation["responses"]["401"].is_object(), "{method} {path} lacks 401");
+            }
+            if path.starts_with("/api/") {
+                assert!(operation["responses"]["429"].is_object(), "{method} {path} lacks 429");
+            }
         }
     }
 }
