@@ -420,14 +420,78 @@ async fn no_password_or_token_reaches_the_database_or_the_logs() {
     // Process-wide: the database's worker threads and blocking hash tasks log too.
     tracing::subscriber::set_global_default(subscriber).expect("no other test of this file sets a subscriber");
 
+    let mut secrets = Vec::new();
+    // SQLite: the database files as they are while running (with the write-ahead log), and
+    // once closed.
     let d = Daemon::start(&[&NO_LIMITS[..], &[("CLOUDX_AUTH__LOGIN_DELAY_AFTER", "1")]].concat()).await;
+    secrets.extend(exercise_every_secret(&d).await);
+    let mut stores = database_files(d.dir.path());
+    d.cx.close().await;
+    stores.extend(database_files(d.dir.path()));
+    d.stop().await.unwrap();
+    assert!(stores.len() >= 2, "the database was found: {:?}", stores.iter().map(|s| &s.0).collect::<Vec<_>>());
+    // Postgres: every row of every table, as text.
+    if let Some(pg) = cloudx_core::testing::TestPostgres::create().await {
+        let env =
+            [&NO_LIMITS[..], &[("CLOUDX_AUTH__LOGIN_DELAY_AFTER", "1"), ("CLOUDX_DATABASE__URL", pg.url())]].concat();
+        let d = Daemon::start(&env).await;
+        secrets.extend(exercise_every_secret(&d).await);
+        let cloudx_core::db::Database::Postgres(pool) = d.cx.database() else { panic!("not on Postgres") };
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(tables.iter().any(|t| t == "refresh_tokens") && tables.len() >= 8, "{tables:?}");
+        for table in tables {
+            let rows: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT string_agg(row_to_json(t)::text, E'\\n') FROM \"{table}\" t"
+            )))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            stores.push((format!("postgres table {table}"), rows.unwrap_or_default().into_bytes()));
+        }
+        d.cx.close().await;
+        d.stop().await.unwrap();
+    }
+
+    let logs = logs.0.lock().unwrap().clone();
+    assert!(logs.len() > 10_000, "the logs were captured ({} bytes)", logs.len());
+    stores.push(("logs".into(), logs));
+    // Positive control: the stores hold the account's email (so they were read, and whole),
+    // just not its secrets.
+    let holds = |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for kind in ["cloudx.db", "postgres table users"] {
+        let found = stores.iter().any(|(name, bytes)| name.contains(kind) && holds(bytes, "ada@example.com"));
+        assert!(
+            found
+                || (kind.starts_with("postgres")
+                    && std::env::var("CI").as_deref() != Ok("true")
+                    && std::env::var("CLOUDX_TEST_POSTGRES_URL").is_err()),
+            "no {kind} store holds the email"
+        );
+    }
+    for (name, bytes) in &stores {
+        for secret in &secrets {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{name} contains a secret starting {}", &secret[..8]);
+        }
+    }
+}
+
+/// Sends every kind of secret through the daemon: passwords (right and wrong), access and
+/// refresh tokens, a refresh, an API key and its use, an invite code, a WebSocket ticket, a
+/// password change. Returns them all.
+async fn exercise_every_secret(d: &Daemon) -> Vec<String> {
     let mut secrets: Vec<String> = vec![PASSWORD.into(), NEW_PASSWORD.into()];
-    register(&d, "ada@example.com").await;
-    let session = tokens(&d, "ada@example.com").await;
+    register(d, "ada@example.com").await;
+    let session = tokens(d, "ada@example.com").await;
     let access = session["access_token"].as_str().unwrap().to_owned();
     secrets.push(access.clone());
     secrets.push(session["refresh_token"].as_str().unwrap().into());
-    let refreshed: Value = post(&d, "/api/v1/auth/refresh", None, &json!({"refresh_token": session["refresh_token"]}))
+    let refreshed: Value = post(d, "/api/v1/auth/refresh", None, &json!({"refresh_token": session["refresh_token"]}))
         .await
         .json()
         .await
@@ -435,44 +499,29 @@ async fn no_password_or_token_reaches_the_database_or_the_logs() {
     secrets.push(refreshed["access_token"].as_str().unwrap().into());
     secrets.push(refreshed["refresh_token"].as_str().unwrap().into());
     // A reuse after the grace window is the loud path: it must stay quiet about the token too.
-    let key: Value = post(&d, "/api/v1/api-keys", Some(&access), &json!({"name": "k", "scopes": ["read"]}))
+    let key: Value = post(d, "/api/v1/api-keys", Some(&access), &json!({"name": "k", "scopes": ["read"]}))
         .await
         .json()
         .await
         .unwrap();
     secrets.push(key["secret"].as_str().unwrap().into());
-    assert_eq!(get(&d, "/api/v1/auth/me", key["secret"].as_str().unwrap()).await.status(), 200);
-    let invite: Value = post(&d, "/api/v1/invites", Some(&access), &json!({})).await.json().await.unwrap();
+    assert_eq!(get(d, "/api/v1/auth/me", key["secret"].as_str().unwrap()).await.status(), 200);
+    let invite: Value = post(d, "/api/v1/invites", Some(&access), &json!({})).await.json().await.unwrap();
     secrets.push(invite["code"].as_str().unwrap().into());
-    let ticket: Value = post(&d, "/api/v1/auth/ws-ticket", Some(&access), &json!({})).await.json().await.unwrap();
+    let ticket: Value = post(d, "/api/v1/auth/ws-ticket", Some(&access), &json!({})).await.json().await.unwrap();
     secrets.push(ticket["ticket"].as_str().unwrap().into());
     let wrong = "Wrong-But-Secret-Passphrase-77";
     secrets.push(wrong.into());
-    assert_eq!(login(&d, "ada@example.com", wrong).await.status(), 401);
+    assert_eq!(login(d, "ada@example.com", wrong).await.status(), 401);
     let r = post(
-        &d,
+        d,
         "/api/v1/auth/password",
         Some(&access),
         &json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
     )
     .await;
     assert_eq!(r.status(), 204);
-    // The database as it is while running (with its write-ahead log), then once closed.
-    let mut stores = database_files(d.dir.path());
-    d.cx.close().await;
-    stores.extend(database_files(d.dir.path()));
-    d.stop().await.unwrap();
-
-    let logs = logs.0.lock().unwrap().clone();
-    assert!(logs.len() > 10_000, "the logs were captured ({} bytes)", logs.len());
-    stores.push(("logs".into(), logs));
-    assert!(stores.len() >= 3, "the database was found: {:?}", stores.iter().map(|s| &s.0).collect::<Vec<_>>());
-    for (name, bytes) in &stores {
-        for secret in &secrets {
-            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-            assert!(!found, "{name} contains a secret starting {}", &secret[..8]);
-        }
-    }
+    secrets
 }
 
 fn database_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
