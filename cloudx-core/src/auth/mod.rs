@@ -945,19 +945,16 @@ impl Auth {
         if self.apply_keeping_an_admin(&target, change).await? == 0 {
             return Err(Error::not_found("no such user"));
         }
-        if disabled {
-            self.end_sessions_of(id, None, "account disabled").await?;
-            self.revoke_in_memory([], Some(id));
-            watch::announce(&self.db, Change::UserRevoked(id)).await?;
-        } else {
-            {
-                let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
-                revoked.generation += 1;
-                revoked.users.remove(&id);
-            }
-            watch::announce(&self.db, Change::UserEnabled(id)).await?;
-        }
+        // This node at once; the others were told in the transaction.
         self.accounts.forget(id);
+        if disabled {
+            self.revoke_in_memory([], Some(id));
+            self.end_sessions_of(id, None, "account disabled").await?;
+        } else {
+            let mut revoked = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+            revoked.generation += 1;
+            revoked.users.remove(&id);
+        }
         self.audit(Event {
             action: if disabled { "user_disable" } else { "user_enable" },
             outcome: Outcome::Success,
@@ -971,7 +968,9 @@ impl Auth {
     }
 
     /// Changes an account's role and/or whether it is disabled (administrators only): what
-    /// `PATCH /api/v1/users/{id}` does. Every check is made before anything changes.
+    /// `PATCH /api/v1/users/{id}` does. The checks that do not depend on the change before it
+    /// (nothing to change, disabling oneself) are made first; then the role, then the disabling,
+    /// each in its own transaction with its own audit row.
     ///
     /// # Errors
     /// As [`Auth::set_role`] and [`Auth::set_disabled`]; [`ErrorKind::InvalidInput`] when
@@ -1010,11 +1009,13 @@ impl Auth {
     pub async fn set_role(&self, actor: &Principal, id: Uuid, role: Role, client: &Client) -> Result<User> {
         require_admin_change(actor)?;
         let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
-        self.apply_keeping_an_admin(&target, AdminChange::SetRole(role)).await?;
+        if self.apply_keeping_an_admin(&target, AdminChange::SetRole(role)).await? == 0 {
+            return Err(Error::not_found("no such user"));
+        }
+        self.accounts.forget(id);
         if target.role != role {
             self.end_sessions_of(id, None, "role changed").await?;
         }
-        self.accounts.forget(id);
         self.audit(Event {
             action: "role_change",
             outcome: Outcome::Success,
@@ -1031,16 +1032,38 @@ impl Auth {
     /// The count and the change are one transaction, serialised with every other such change
     /// (SQLite: `BEGIN IMMEDIATE`; Postgres: an advisory lock), so two administrators demoting
     /// each other at once cannot both succeed. Returns the rows changed (0: no such user).
+    ///
+    /// The account is read inside the transaction, so the decision is made on what it is when
+    /// the change is made. On Postgres, the other nodes are told inside the transaction too
+    /// (`pg_notify` is delivered on commit), so a disabled or deleted account cannot stay usable
+    /// elsewhere because a later step failed.
     async fn apply_keeping_an_admin(&self, target: &User, change: AdminChange) -> Result<u64> {
-        let takes_an_admin = target.role == Role::Admin
-            && !target.disabled
-            && matches!(change, AdminChange::Disable | AdminChange::SetRole(Role::Member) | AdminChange::Delete);
         let (id, at) = (target.id, now());
         let forget_before = at - self.keys.ttl() - chrono::Duration::from_std(self.config.leeway).unwrap_or_default();
+        // SQLite's other processes re-read the database; only Postgres nodes need telling.
+        let notice = match (&self.db, change) {
+            (Database::Sqlite(_), _) | (_, AdminChange::SetRole(_)) => None,
+            (_, AdminChange::Disable | AdminChange::Delete) => watch::payload(&Change::UserRevoked(id)),
+            (_, AdminChange::Enable) => watch::payload(&Change::UserEnabled(id)),
+        };
         macro_rules! apply {
             ($tx:expr) => {
                 async {
                     let mut tx = $tx;
+                    let current: Option<(String, Option<DateTime<Utc>>)> =
+                        sqlx::query_as("SELECT role, disabled_at FROM users WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((role, disabled_at)) = current else {
+                        return Ok::<_, sqlx::Error>(Some(0));
+                    };
+                    let takes_an_admin = role == "admin"
+                        && disabled_at.is_none()
+                        && matches!(
+                            change,
+                            AdminChange::Disable | AdminChange::SetRole(Role::Member) | AdminChange::Delete
+                        );
                     if takes_an_admin {
                         let admins: i64 = sqlx::query_scalar(
                             "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
@@ -1048,7 +1071,7 @@ impl Auth {
                         .fetch_one(&mut *tx)
                         .await?;
                         if admins <= 1 {
-                            return Ok::<_, sqlx::Error>(None);
+                            return Ok(None);
                         }
                     }
                     let changed = match change {
@@ -1099,6 +1122,13 @@ impl Auth {
                                 .rows_affected()
                         }
                     };
+                    if let Some(notice) = &notice {
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(watch::CHANNEL)
+                            .bind(notice)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     tx.commit().await?;
                     Ok(Some(changed))
                 }
@@ -1131,8 +1161,8 @@ impl Auth {
         if self.apply_keeping_an_admin(&target, AdminChange::Delete).await? == 0 {
             return Err(Error::not_found("no such user"));
         }
+        // This node at once; the others were told in the transaction.
         self.revoke_in_memory([], Some(id));
-        watch::announce(&self.db, Change::UserRevoked(id)).await?;
         self.accounts.forget(id);
         self.audit(Event {
             action: "user_delete",

@@ -19,9 +19,9 @@ use crate::db::{Database, db_error};
 use crate::error::Result;
 
 /// The Postgres notification channel.
-const CHANNEL: &str = "cloudx_auth";
+pub(super) const CHANNEL: &str = "cloudx_auth";
 
-/// How often SQLite re-reads the revocations.
+/// How often SQLite re-reads the revocations (and Postgres retries a failed reload).
 const SQLITE_POLL: Duration = Duration::from_secs(1);
 
 /// Session ids per notification (a payload holds at most 8000 bytes).
@@ -38,6 +38,16 @@ pub(super) enum Change<'a> {
     UserEnabled(Uuid),
 }
 
+/// The notice for a change to one account (`None` for ended sessions, which [`announce`]
+/// sends in parts), for a caller that sends it inside its own transaction.
+pub(super) fn payload(change: &Change<'_>) -> Option<String> {
+    match change {
+        Change::Sessions(_) => None,
+        Change::UserRevoked(id) => Some(format!("u {id}")),
+        Change::UserEnabled(id) => Some(format!("e {id}")),
+    }
+}
+
 /// Tells the other nodes (Postgres only; SQLite's poll needs no message).
 pub(super) async fn announce(db: &Database, change: Change<'_>) -> Result<()> {
     let Database::Postgres(pool) = db else { return Ok(()) };
@@ -49,8 +59,7 @@ pub(super) async fn announce(db: &Database, change: Change<'_>) -> Result<()> {
                 format!("s {}", ids.join(" "))
             })
             .collect(),
-        Change::UserRevoked(id) => vec![format!("u {id}")],
-        Change::UserEnabled(id) => vec![format!("e {id}")],
+        user => payload(&user).into_iter().collect(),
     };
     for payload in payloads {
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -164,36 +173,37 @@ async fn listen(pool: &sqlx::PgPool, db: &Database, revoked: &Weak<RwLock<Revoke
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    // Anything revoked between opening the set and listening.
-    if let Some(set) = revoked.upgrade()
-        && let Err(e) = reload(db, &set, horizon).await
-    {
-        tracing::warn!(error = %e, "could not re-read revocations");
-    }
-    // Set when notices may have been missed: the set is read again at the next chance.
-    let mut stale = false;
+    // Set when notices may have been missed: the whole set is read again, and again every
+    // second while that fails. To begin with: anything revoked before this node listened.
+    let mut stale = true;
     loop {
-        let notice = listener.try_recv().await;
+        if stale {
+            let Some(set) = revoked.upgrade() else { return };
+            stale = match reload(db, &set, horizon).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not re-read revocations; retrying");
+                    true
+                }
+            };
+        }
+        let notice = if stale {
+            // Do not wait for a notice (which may be long in coming) to retry the reload.
+            match tokio::time::timeout(SQLITE_POLL, listener.try_recv()).await {
+                Ok(notice) => notice,
+                Err(_) => continue,
+            }
+        } else {
+            listener.try_recv().await
+        };
         let Some(set) = revoked.upgrade() else { return };
         match notice {
-            Ok(notice) => {
-                // `None`: the connection was lost and is being re-established. Either way, after
-                // an outage what was said meanwhile is lost, so read it all again.
-                if stale || notice.is_none() {
-                    stale = match reload(db, &set, horizon).await {
-                        Ok(()) => false,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not re-read revocations");
-                            true
-                        }
-                    };
-                }
-                if let Some(notice) = notice {
-                    apply(&set, notice.payload());
-                }
-            }
+            Ok(Some(notice)) => apply(&set, notice.payload()),
+            // The connection was lost and is being re-established: what was said meanwhile is
+            // lost, so read it all again.
+            Ok(None) => stale = true,
             // A failed reconnect; the next `try_recv` tries again, and may succeed without
-            // saying so: remember to reload then.
+            // saying so: reload then.
             Err(e) => {
                 tracing::warn!(error = %e, "revocation listener failed; retrying");
                 stale = true;

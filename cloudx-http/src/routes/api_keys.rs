@@ -26,7 +26,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<ApiKey>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -136,7 +136,6 @@ async fn refresh(
     responses(
         (status = 204, description = "Signed out"),
         (status = 400, description = "Called with an API key, which has no session (revoke the key instead)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
@@ -162,7 +161,6 @@ pub struct Me {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Me),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
@@ -191,7 +189,6 @@ pub(crate) struct PasswordChange {
     responses(
         (status = 204, description = "Changed; other sessions ended"),
         (status = 400, description = "The new password breaks the policy", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The current password is wrong, or called with an API key", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong passwords for this account; `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json"),
     )
@@ -215,7 +212,6 @@ async fn change_password(
     security(("bearer" = [])),
     responses(
         (status = 200, body = WsTicket),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn ws_ticket(State(state): State<AppState>, caller: Caller) -> Result<Json<WsTicket>, ApiError> {

@@ -33,7 +33,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<User>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
     )
 )]
