@@ -493,9 +493,21 @@ impl Auth {
     pub async fn login(&self, email: &str, password: &str, client: &Client) -> Result<(User, Tokens)> {
         let email = email.trim().to_lowercase();
         let armed = self.throttle.attempt(&email)?;
-        let found =
-            if password.len() > password::MAX_PASSWORD_BYTES { None } else { self.find_by_email(&email).await? };
-        let verified = self.hasher.verify(password, found.as_ref().map(|(_, hash)| hash.as_str())).await?;
+        let checked = async {
+            let found =
+                if password.len() > password::MAX_PASSWORD_BYTES { None } else { self.find_by_email(&email).await? };
+            let verified = self.hasher.verify(password, found.as_ref().map(|(_, hash)| hash.as_str())).await?;
+            Ok::<_, Error>((found, verified))
+        }
+        .await;
+        let (found, verified) = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                // The server failed, not the caller: the attempt does not count.
+                self.throttle.forgive(&email);
+                return Err(e);
+            }
+        };
         let user = match (found, &verified) {
             (Some((user, _)), Verified::Yes | Verified::YesRehashed(_)) if !user.disabled => user,
             (found, _) => {

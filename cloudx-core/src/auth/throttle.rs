@@ -74,6 +74,18 @@ impl LoginThrottle {
         Ok(Some(delay))
     }
 
+    /// Takes back an attempt that failed for the server's own reasons (the database went away):
+    /// it does not count toward the delay.
+    pub(crate) fn forgive(&self, email: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = failures.get_mut(email) {
+            f.count = f.count.saturating_sub(1);
+            if f.count <= self.free {
+                f.wait_until = f.last;
+            }
+        }
+    }
+
     /// Clears the account's failures.
     pub(crate) fn succeeded(&self, email: &str) {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(email);
@@ -110,6 +122,15 @@ mod tests {
             throttle.failures.lock().unwrap().get_mut("a@example.com").unwrap().wait_until = Instant::now();
         }
         assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn a_forgiven_attempt_does_not_count() {
+        let throttle = LoginThrottle::new(1, Duration::from_secs(60));
+        assert_eq!(throttle.attempt("a@example.com").unwrap(), None);
+        assert!(throttle.attempt("a@example.com").unwrap().is_some(), "the second arms the delay");
+        throttle.forgive("a@example.com");
+        assert_eq!(throttle.attempt("a@example.com").unwrap(), Some(Duration::from_secs(1)), "back to one");
     }
 
     #[test]
