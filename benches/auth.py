@@ -4,8 +4,9 @@
 In one run, against one daemon (release build, embedded SQLite, rate limits off so that the
 limiter does not decide the figure):
   * throughput of `GET /api/v1/auth/me` with a bearer access token (token check, revocation
-    set, one account read from the database) and of `GET /healthz`, alternating, R rounds each,
-    `wrk -t2 -c64`; medians and their ratio;
+    set, the account from the one-second account cache), with an API key (one database read for
+    the key), and of `GET /healthz`, alternating, R rounds each, `wrk -t2 -c64`; medians and the
+    ratio of the access-token figure to /healthz;
   * `/healthz` latency while 64 clients sign in at once, over and over, each as one of 64
     accounts (`POST /api/v1/auth/login`: argon2id on the blocking pool, a session and an audit
     row written; one account each, because parallel sign-ins to one account are throttled):
@@ -96,6 +97,12 @@ def main():
                                                   "Authorization": f"Bearer {access}"})
             urllib.request.urlopen(add).read()
         me_lua = write_lua(folder, "me.lua", f'wrk.headers["Authorization"] = "Bearer {access}"\n')
+        create_key = urllib.request.Request(f"{base}/api/v1/api-keys", method="POST",
+                                            data=json.dumps({"name": "bench", "scopes": ["read"]}).encode(),
+                                            headers={"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {access}"})
+        key = json.load(urllib.request.urlopen(create_key))["secret"]
+        key_lua = write_lua(folder, "key.lua", f'wrk.headers["Authorization"] = "Bearer {key}"\n')
         login_lua = write_lua(folder, "login.lua", (
             'counter = 0\n'
             'request = function()\n'
@@ -107,11 +114,13 @@ def main():
         # 1. Authenticated GET next to /healthz, alternating.
         wrk(f"{base}/healthz", 2, args.connections)
         wrk(f"{base}/api/v1/auth/me", 2, args.connections, script=me_lua)
-        health_runs, me_runs = [], []
+        health_runs, me_runs, key_runs = [], [], []
         for _ in range(args.rounds):
             health_runs.append(wrk(f"{base}/healthz", args.duration, args.connections, pid=daemon.pid))
             me_runs.append(wrk(f"{base}/api/v1/auth/me", args.duration, args.connections, script=me_lua,
                                pid=daemon.pid))
+            key_runs.append(wrk(f"{base}/api/v1/auth/me", args.duration, args.connections, script=key_lua,
+                                pid=daemon.pid))
 
         # 2. /healthz latency with and without 64 clients signing in.
         quiet = [wrk(f"{base}/healthz", args.duration, 4, threads=1) for _ in range(3)]
@@ -135,7 +144,8 @@ def main():
     print(f"\nthroughput, wrk -t2 -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds:")
     print("| request | requests/s (median) | server CPU µs/request (median) | runs (req/s) |")
     print("|---|---|---|---|")
-    for name, runs in (("GET /healthz", health_runs), ("GET /api/v1/auth/me (bearer)", me_runs)):
+    for name, runs in (("GET /healthz", health_runs), ("GET /api/v1/auth/me (access token)", me_runs),
+                       ("GET /api/v1/auth/me (API key)", key_runs)):
         print(f"| {name} | {med(runs, 'rps'):,.0f} | {med(runs, 'cpu_us'):.1f} | {joined(runs, 'rps', ',.0f')} |")
     print(f"\nauthenticated GET / healthz throughput: {med(me_runs, 'rps') / med(health_runs, 'rps'):.2f}")
     print(f"\n/healthz latency, wrk -t1 -c4 -d{args.duration}s, 3 runs each:")
