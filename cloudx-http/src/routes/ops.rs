@@ -27,9 +27,14 @@ pub struct Health {
 }
 
 /// Liveness: answers while the process can serve requests; touches no dependency.
+///
+/// The answer never changes, so it is serialised once: probes call this all day long.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
-async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok", version: cloudx_core::VERSION })
+async fn healthz() -> impl IntoResponse {
+    static BODY: std::sync::LazyLock<axum::body::Bytes> = std::sync::LazyLock::new(|| {
+        serde_json::to_vec(&Health { status: "ok", version: cloudx_core::VERSION }).unwrap_or_default().into()
+    });
+    ([(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"))], BODY.clone())
 }
 
 /// The answer of `/readyz` when every check passed.
