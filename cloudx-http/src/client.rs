@@ -110,6 +110,18 @@ impl Client {
         self.base.as_str()
     }
 
+    /// The daemon's host when it is reached over plain `http://` and is not this machine: then
+    /// passwords and tokens would cross a network unencrypted.
+    pub fn cleartext_remote_host(&self) -> Option<&str> {
+        if self.base.scheme() != "http" {
+            return None;
+        }
+        let host = self.base.host_str()?;
+        let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+        let local = host.eq_ignore_ascii_case("localhost") || ip.is_ok_and(|ip| ip.is_loopback());
+        (!local).then_some(host)
+    }
+
     /// The credential in use.
     pub fn credential(&self) -> Credential {
         self.credential.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -353,5 +365,24 @@ async fn problem(response: reqwest::Response) -> Error {
     match retry_after {
         Some(secs) => error.with_retry_after(Duration::from_secs(secs)),
         None => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleartext_is_flagged_only_for_other_machines() {
+        for (url, flagged) in [
+            ("http://127.0.0.1:8080", None),
+            ("http://localhost:8080", None),
+            ("http://[::1]:8080", None),
+            ("https://cloudx.example.com", None),
+            ("http://cloudx.example.com", Some("cloudx.example.com")),
+            ("http://10.0.0.5:8080", Some("10.0.0.5")),
+        ] {
+            assert_eq!(Client::new(url).unwrap().cleartext_remote_host(), flagged, "{url}");
+        }
     }
 }

@@ -101,6 +101,11 @@ fn client() -> anyhow::Result<(Client, Stored)> {
 /// `cloudx login`.
 pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.url)?;
+    if let Some(host) = client.cleartext_remote_host() {
+        eprintln!(
+            "warning: {host} is reached over plain http: the password and the session travel unencrypted; use https:// for anything but this machine"
+        );
+    }
     let email = match args.email {
         Some(email) => email,
         None if !args.password.password_stdin => prompt("Email: ")?,
