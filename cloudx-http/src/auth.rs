@@ -20,7 +20,7 @@ use cloudx_core::auth::Authenticated;
 use cloudx_core::auth::audit::Client;
 use cloudx_core::config::HttpConfig;
 use cloudx_core::{Error, ErrorKind, Principal};
-use governor::clock::{Clock as _, DefaultClock};
+use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
@@ -32,16 +32,22 @@ use crate::state::AppState;
 pub struct Caller {
     /// Who the credential speaks for, and its session.
     pub who: Authenticated,
-    /// Where the request came from.
-    pub client: Client,
     /// The client's address (unspecified when unknown).
     pub ip: IpAddr,
+    /// The `User-Agent` header, if any.
+    user_agent: Option<axum::http::HeaderValue>,
 }
 
 impl Caller {
     /// The acting principal.
     pub fn principal(&self) -> &Principal {
         &self.who.principal
+    }
+
+    /// Where the request came from, for the audit log: made only by the routes that record
+    /// something, not on every authenticated request.
+    pub fn client(&self) -> Client {
+        client(self.ip, self.user_agent.as_ref())
     }
 }
 
@@ -61,7 +67,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(id) = who.principal.user_id() {
             state.limits.per_user.check(id)?;
         }
-        Ok(Self { who, client: client(parts, ip), ip })
+        Ok(Self { who, ip, user_agent: parts.headers.get(header::USER_AGENT).cloned() })
     }
 }
 
@@ -77,7 +83,7 @@ impl FromRequestParts<AppState> for CredentialClient {
         let ip = client_ip(parts, &state.limits.trusted_proxies);
         state.limits.per_ip.check(ip)?;
         state.limits.credentials.check(ip)?;
-        Ok(Self(client(parts, ip)))
+        Ok(Self(client(ip, parts.headers.get(header::USER_AGENT))))
     }
 }
 
@@ -103,10 +109,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(credential)
 }
 
-fn client(parts: &Parts, ip: IpAddr) -> Client {
-    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+fn client(ip: IpAddr, user_agent: Option<&axum::http::HeaderValue>) -> Client {
     let ip = (!ip.is_unspecified()).then(|| ip.to_string());
-    Client::new(ip, user_agent)
+    Client::new(ip, user_agent.and_then(|v| v.to_str().ok()))
 }
 
 /// The client's address: the peer, or — when the peer is a trusted reverse proxy — the nearest
@@ -203,7 +208,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
             limiter.shrink_to_fit();
         }
         limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(limiter.clock().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             Error::new(
                 ErrorKind::RateLimited,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::audit::{Client, Event, Outcome};
-use super::{Auth, User, now, parse_role, role_str, token};
+use super::{Auth, User, now, parse_role, token};
 use crate::db::db_error;
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::{Principal, Role};
@@ -104,7 +104,7 @@ impl Auth {
         )
         .bind(invite.id)
         .bind(token::digest(&code))
-        .bind(role_str(role))
+        .bind(role.as_str())
         .bind(invite.created_by)
         .bind(at)
         .bind(invite.expires_at)
@@ -118,7 +118,7 @@ impl Auth {
             actor: actor.user_id(),
             target: Some(format!("invite:{}", invite.id)),
             client,
-            detail: Some(format!("role {}", role_str(role))),
+            detail: Some(format!("role {}", role.as_str())),
         })
         .await?;
         Ok(CreatedInvite { invite, code })

@@ -55,8 +55,7 @@ const ADMINS_LOCK: i64 = 0x636c_6f75_6478_0004;
 /// A change to an account that [`Auth::apply_keeping_an_admin`] makes.
 #[derive(Debug, Clone, Copy)]
 enum AdminChange {
-    Disable,
-    Enable,
+    SetDisabled(bool),
     SetRole(Role),
     Delete,
 }
@@ -195,13 +194,6 @@ fn parse_role(role: &str) -> Role {
     if role == "admin" { Role::Admin } else { Role::Member }
 }
 
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
-}
-
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
@@ -330,7 +322,7 @@ impl Auth {
                         actor: Some(user.id),
                         target: Some(format!("user:{}", user.id)),
                         client,
-                        detail: Some(format!("role {}, by invite", role_str(user.role))),
+                        detail: Some(format!("role {}, by invite", user.role.as_str())),
                     })
                     .await?;
                     return Ok(user);
@@ -361,7 +353,7 @@ impl Auth {
             actor: Some(user.id),
             target: Some(format!("user:{}", user.id)),
             client,
-            detail: Some(format!("role {}", role_str(role))),
+            detail: Some(format!("role {}", role.as_str())),
         })
         .await?;
         Ok(user)
@@ -385,7 +377,7 @@ impl Auth {
             actor: actor.user_id(),
             target: Some(format!("user:{}", user.id)),
             client,
-            detail: Some(format!("role {}", role_str(role))),
+            detail: Some(format!("role {}", role.as_str())),
         })
         .await?;
         Ok(user)
@@ -442,7 +434,7 @@ impl Auth {
         .bind(email)
         .bind(display_name)
         .bind(hash)
-        .bind(role_str(role))
+        .bind(role.as_str())
         .bind(at)
         .execute(pool)
         .await
@@ -953,8 +945,7 @@ impl Auth {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot disable their own account"));
         }
         let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
-        let change = if disabled { AdminChange::Disable } else { AdminChange::Enable };
-        if self.apply_keeping_an_admin(&target, change).await? == 0 {
+        if self.apply_keeping_an_admin(&target, AdminChange::SetDisabled(disabled)).await? == 0 {
             return Err(Error::not_found("no such user"));
         }
         // This node at once; the others were told in the transaction.
@@ -976,7 +967,7 @@ impl Auth {
             detail: None,
         })
         .await?;
-        self.find_by_id(id).await?.map(|(user, _)| user).ok_or_else(|| Error::not_found("no such user"))
+        Ok(User { disabled, ..target })
     }
 
     /// Changes an account's role and/or whether it is disabled (administrators only): what
@@ -1034,7 +1025,7 @@ impl Auth {
             actor: actor.user_id(),
             target: Some(format!("user:{id}")),
             client,
-            detail: Some(format!("{} -> {}", role_str(target.role), role_str(role))),
+            detail: Some(format!("{} -> {}", target.role.as_str(), role.as_str())),
         })
         .await?;
         Ok(User { role, ..target })
@@ -1055,8 +1046,8 @@ impl Auth {
         // SQLite's other processes re-read the database; only Postgres nodes need telling.
         let notice = match (&self.db, change) {
             (Database::Sqlite(_), _) | (_, AdminChange::SetRole(_)) => None,
-            (_, AdminChange::Disable | AdminChange::Delete) => watch::payload(&Change::UserRevoked(id)),
-            (_, AdminChange::Enable) => watch::payload(&Change::UserEnabled(id)),
+            (_, AdminChange::SetDisabled(true) | AdminChange::Delete) => watch::payload(&Change::UserRevoked(id)),
+            (_, AdminChange::SetDisabled(false)) => watch::payload(&Change::UserEnabled(id)),
         };
         macro_rules! apply {
             ($tx:expr) => {
@@ -1074,7 +1065,7 @@ impl Auth {
                         && disabled_at.is_none()
                         && matches!(
                             change,
-                            AdminChange::Disable | AdminChange::SetRole(Role::Member) | AdminChange::Delete
+                            AdminChange::SetDisabled(true) | AdminChange::SetRole(Role::Member) | AdminChange::Delete
                         );
                     if takes_an_admin {
                         let admins: i64 = sqlx::query_scalar(
@@ -1087,16 +1078,9 @@ impl Auth {
                         }
                     }
                     let changed = match change {
-                        AdminChange::Disable => {
-                            sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $1 WHERE id = $2")
-                                .bind(at)
-                                .bind(id)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected()
-                        }
-                        AdminChange::Enable => {
-                            sqlx::query("UPDATE users SET disabled_at = NULL, updated_at = $1 WHERE id = $2")
+                        AdminChange::SetDisabled(disabled) => {
+                            sqlx::query("UPDATE users SET disabled_at = $1, updated_at = $2 WHERE id = $3")
+                                .bind(disabled.then_some(at))
                                 .bind(at)
                                 .bind(id)
                                 .execute(&mut *tx)
@@ -1105,7 +1089,7 @@ impl Auth {
                         }
                         AdminChange::SetRole(role) => {
                             sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
-                                .bind(role_str(role))
+                                .bind(role.as_str())
                                 .bind(at)
                                 .bind(id)
                                 .execute(&mut *tx)

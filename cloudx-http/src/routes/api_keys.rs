@@ -65,7 +65,7 @@ async fn create_api_key(
     Json(body): Json<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let new = NewApiKey { name: body.name, scopes: body.scopes, expires_at: body.expires_at };
-    let created = state.cx.auth().create_api_key(caller.principal(), new, &caller.client).await?;
+    let created = state.cx.auth().create_api_key(caller.principal(), new, &caller.client()).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -86,5 +86,5 @@ async fn revoke_api_key(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    Ok(Json(state.cx.auth().revoke_api_key(caller.principal(), id, &caller.client).await?))
+    Ok(Json(state.cx.auth().revoke_api_key(caller.principal(), id, &caller.client()).await?))
 }

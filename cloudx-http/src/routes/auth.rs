@@ -139,7 +139,7 @@ async fn refresh(
     )
 )]
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
-    state.cx.auth().logout(&caller.who, &caller.client).await?;
+    state.cx.auth().logout(&caller.who, &caller.client()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -200,7 +200,7 @@ async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     // The password routes count as credential routes for the per-address limit too.
     state.limits.check_credentials(caller.ip)?;
-    state.cx.auth().change_password(&caller.who, &body.current_password, &body.new_password, &caller.client).await?;
+    state.cx.auth().change_password(&caller.who, &body.current_password, &body.new_password, &caller.client()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -71,7 +71,7 @@ async fn add_user(
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let new = NewUser { email: body.email, password: body.password, display_name: body.display_name };
     let role = body.role.unwrap_or(Role::Member);
-    let user = state.cx.auth().add_user(caller.principal(), new, role, &caller.client).await?;
+    let user = state.cx.auth().add_user(caller.principal(), new, role, &caller.client()).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -107,7 +107,7 @@ async fn update_user(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
-    let user = state.cx.auth().update_user(caller.principal(), id, body.role, body.disabled, &caller.client).await?;
+    let user = state.cx.auth().update_user(caller.principal(), id, body.role, body.disabled, &caller.client()).await?;
     Ok(Json(user))
 }
 
@@ -128,7 +128,7 @@ async fn delete_user(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    state.cx.auth().delete_user(caller.principal(), id, &caller.client).await?;
+    state.cx.auth().delete_user(caller.principal(), id, &caller.client()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -175,7 +175,7 @@ async fn create_invite(
 ) -> Result<(StatusCode, Json<CreatedInvite>), ApiError> {
     let ttl = body.expires_in.map(std::time::Duration::from_secs);
     let role = body.role.unwrap_or(Role::Member);
-    let invite = state.cx.auth().create_invite(caller.principal(), role, ttl, &caller.client).await?;
+    let invite = state.cx.auth().create_invite(caller.principal(), role, ttl, &caller.client()).await?;
     Ok((StatusCode::CREATED, Json(invite)))
 }
 
@@ -196,7 +196,7 @@ async fn revoke_invite(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Invite>, ApiError> {
-    Ok(Json(state.cx.auth().revoke_invite(caller.principal(), id, &caller.client).await?))
+    Ok(Json(state.cx.auth().revoke_invite(caller.principal(), id, &caller.client()).await?))
 }
 
 /// A page of the audit log.
