@@ -285,7 +285,7 @@ impl Client {
                 return Ok(response);
             }
             let status = response.status();
-            let error = problem(response).await;
+            let error = problem(&self.base, response).await;
             if status == StatusCode::UNAUTHORIZED
                 && authenticated
                 && !refreshed
@@ -310,7 +310,7 @@ impl Client {
             .await
             .map_err(|e| unreachable_daemon(&self.base, &e))?;
         if !response.status().is_success() {
-            let e = problem(response).await;
+            let e = problem(&self.base, response).await;
             return Err(if e.kind() == ErrorKind::Unauthenticated {
                 Error::new(
                     ErrorKind::Unauthenticated,
@@ -344,7 +344,7 @@ fn unreachable_daemon(base: &reqwest::Url, e: &reqwest::Error) -> Error {
 }
 
 /// The error a problem document describes.
-async fn problem(response: reqwest::Response) -> Error {
+async fn problem(base: &reqwest::Url, response: reqwest::Response) -> Error {
     let status = response.status();
     let retry_after =
         response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -360,7 +360,11 @@ async fn problem(response: reqwest::Response) -> Error {
         503 => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     });
-    let detail = body["detail"].as_str().map_or_else(|| format!("the daemon answered {status}"), str::to_owned);
+    let detail = body["detail"].as_str().map_or_else(
+        // Not a problem document: most likely not a cloudx daemon (or a proxy in front of it).
+        || format!("{base} answered {status} without a cloudx error document; is this the URL of a cloudx daemon?"),
+        str::to_owned,
+    );
     let error = Error::new(kind, detail);
     match retry_after {
         Some(secs) => error.with_retry_after(Duration::from_secs(secs)),
