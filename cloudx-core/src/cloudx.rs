@@ -11,6 +11,7 @@ use crate::auth::token::Keys;
 use crate::config::{CloudxConfig, JwtAlgorithm, Profile, Secret, jwt_ed25519_path, jwt_secret_path};
 use crate::db::Database;
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::Storage;
 
 /// The cloudx library, opened on a configuration. Cheap to clone: clones share one instance.
 ///
@@ -39,6 +40,7 @@ struct Inner {
     instance_id: Uuid,
     jwt_secret: Secret,
     auth: Auth,
+    storage: Storage,
 }
 
 impl Cloudx {
@@ -94,7 +96,8 @@ impl Cloudx {
             }
         };
         let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes(), ed25519_pem.as_deref()).await?;
-        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret, auth }) })
+        let storage = Storage::open(db.clone(), &config)?;
+        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret, auth, storage }) })
     }
 
     /// The configuration this instance was opened with.
@@ -105,6 +108,11 @@ impl Cloudx {
     /// Accounts, sessions, tokens and the audit log.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+
+    /// Projects, members and their versioned files.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
     }
 
     /// The database pool.
@@ -136,7 +144,18 @@ impl Cloudx {
                 }
             }
         };
-        Readiness { checks: vec![database] }
+        let storage = match self.inner.storage.ping().await {
+            Ok(()) => Check { name: "storage", ok: true, detail: self.inner.storage.backend().to_owned() },
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "readiness: the object store does not answer");
+                Check {
+                    name: "storage",
+                    ok: false,
+                    detail: "the object store does not answer (the server log has the reason)".into(),
+                }
+            }
+        };
+        Readiness { checks: vec![database, storage] }
     }
 
     /// Closes the database pool; call before exit so SQLite checkpoints its WAL.

@@ -76,3 +76,25 @@ impl Drop for TestPostgres {
         }
     }
 }
+
+/// The S3-compatible server the tests use: `(endpoint, bucket)` from `CLOUDX_TEST_S3_ENDPOINT`
+/// and `CLOUDX_TEST_S3_BUCKET` (set by the README's test command, which starts moto's server on
+/// loopback and creates the bucket), or `None` (with a note) outside CI.
+///
+/// # Panics
+/// In CI when the variables are unset.
+pub fn s3() -> Option<(String, String)> {
+    match (std::env::var("CLOUDX_TEST_S3_ENDPOINT"), std::env::var("CLOUDX_TEST_S3_BUCKET")) {
+        (Ok(endpoint), Ok(bucket)) => Some((endpoint, bucket)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CLOUDX_TEST_S3_ENDPOINT and CLOUDX_TEST_S3_BUCKET are not set: in CI the S3 tests must run (use the README's test command)"
+            );
+            eprintln!(
+                "note: CLOUDX_TEST_S3_ENDPOINT is not set; skipping an S3 test (the README's test command sets it)"
+            );
+            None
+        }
+    }
+}

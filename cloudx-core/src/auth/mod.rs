@@ -1131,8 +1131,14 @@ impl Auth {
                 .await
             };
         }
-        let applied = in_write_tx!(&self.db, lock = ADMINS_LOCK, |tx| apply!(tx))
-            .map_err(|e| db_error("updating the account", e))?;
+        let applied = in_write_tx!(&self.db, lock = ADMINS_LOCK, |tx| apply!(tx)).map_err(|e| match e {
+            // A project created for them since the check above.
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::new(
+                ErrorKind::Conflict,
+                format!("{} owns projects: transfer them to another user or purge them first", target.email),
+            ),
+            e => db_error("updating the account", e),
+        })?;
         applied.ok_or_else(|| {
             Error::new(
                 ErrorKind::Conflict,
@@ -1152,6 +1158,21 @@ impl Auth {
             return Err(Error::new(ErrorKind::Conflict, "an administrator cannot delete their own account"));
         }
         let (target, _) = self.find_by_id(id).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        let owned: i64 =
+            on_db!(&self.db, |pool| sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE owner_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await)
+            .map_err(|e| db_error("counting the user's projects", e))?;
+        if owned > 0 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} owns {owned} project(s), deleted ones included: transfer them to another user or purge them first (or disable the account instead)",
+                    target.email
+                ),
+            ));
+        }
         // One transaction: the account, its sessions and keys go, and it is remembered in
         // `deleted_users`, so that every node keeps refusing its access tokens.
         if self.apply_keeping_an_admin(&target, AdminChange::Delete).await? == 0 {

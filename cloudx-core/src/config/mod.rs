@@ -239,12 +239,45 @@ impl DatabaseTarget {
 }
 
 /// The `[storage]` section: where file contents (content-addressed blobs) live.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StorageConfig {
     /// `file:///PATH`, `s3://BUCKET/PREFIX` or `memory://`; unset means `<data_dir>/blobs`.
     pub url: Option<String>,
+    /// The S3-compatible endpoint (`http://127.0.0.1:9000`); unset: `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    /// The S3 region; unset: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// The S3 access key id; unset: `AWS_ACCESS_KEY_ID` (or the instance's role).
+    pub access_key_id: Option<String>,
+    /// The S3 secret key; unset: `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<Secret>,
+    /// The largest file one upload may write.
+    pub max_file_size: ByteSize,
+    /// The bytes a project's current files may hold, unless an administrator sets its own.
+    pub project_quota_bytes: ByteSize,
+    /// The files a project may hold, unless an administrator sets its own.
+    pub project_quota_files: u64,
+    /// How old an unreferenced blob must be before `cloudx storage gc` deletes it.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            max_file_size: ByteSize::gib(5),
+            project_quota_bytes: ByteSize::gib(10),
+            project_quota_files: 100_000,
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The `[sandbox]` section.

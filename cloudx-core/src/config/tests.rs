@@ -244,6 +244,10 @@ fn key_table_matches_the_structs() {
     let mut config = CloudxConfig::default();
     config.database.url = Some(Secret::new("postgres://x"));
     config.storage.url = Some("memory://".into());
+    config.storage.endpoint = Some("http://127.0.0.1:9000".into());
+    config.storage.region = Some("x".into());
+    config.storage.access_key_id = Some("x".into());
+    config.storage.secret_access_key = Some(Secret::new("x"));
     config.auth.jwt_secret = Some(Secret::new("x"));
     config.auth.jwt_private_key_file = Some("key.pem".into());
     config.llm.api_key = Some(Secret::new("x"));
