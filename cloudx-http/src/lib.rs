@@ -47,6 +47,9 @@ pub fn openapi() -> OpenApi {
 
 fn openapi_document(mut doc: OpenApi) -> OpenApi {
     doc.info.version = cloudx_core::VERSION.to_owned();
+    // axum's catch-all segments (`{*path}`, a path with slashes) are plain parameters in OpenAPI.
+    doc.paths.paths =
+        std::mem::take(&mut doc.paths.paths).into_iter().map(|(k, v)| (k.replace("{*", "{"), v)).collect();
     add_common_responses(&mut doc);
     doc
 }

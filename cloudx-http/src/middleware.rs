@@ -42,6 +42,9 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
+/// The longest an upload may take in all (it also fails after `http.request_timeout` without data).
+const UPLOAD_TIME: Duration = Duration::from_secs(24 * 3600);
+
 type Stack = Edge<Router>;
 type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -140,7 +143,15 @@ where
             _ => new_request_id(),
         };
         let metrics = RequestMetrics::start(request.method());
-        let limits = self.limits;
+        let mut limits = self.limits;
+        // A file upload streams to the object store: `storage.max_file_size` (checked by the
+        // storage port, before reading when the length is declared) and an idle timeout apply
+        // instead of the body size and request time limits.
+        let upload = crate::routes::files::is_upload(request.method(), request.uri().path());
+        if upload {
+            limits.body = u64::MAX;
+            limits.time = UPLOAD_TIME;
+        }
         let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(length) = declared.filter(|length| *length > limits.body) {
             let refused = ApiError::new(
@@ -158,7 +169,9 @@ where
                 futures_util::future::Either::<_, S::Future>::Left(ready(Ok(refused))),
             ));
         }
-        limits.extractors.apply(&mut request);
+        if !upload {
+            limits.extractors.apply(&mut request);
+        }
         let routed = self.inner.call(request);
         Box::pin(answer(
             id,

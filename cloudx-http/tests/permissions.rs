@@ -58,6 +58,12 @@ struct Secrets {
     invite: String,
     /// The id of that invite.
     invite_id: Uuid,
+    /// A project the member owns.
+    own_project: Uuid,
+    /// The administrator's project, shared with the member as a viewer.
+    viewed_project: Uuid,
+    /// The administrator's project, not shared with the member.
+    other_project: Uuid,
 }
 
 fn config(dir: &std::path::Path) -> cloudx_core::CloudxConfig {
@@ -115,6 +121,20 @@ impl Template {
             auth.create_api_key(&member_principal, key("spare", Scopes::READ), &client).await.unwrap();
         let invite = auth.create_invite(&system, Role::Member, None, &client).await.unwrap();
         let (invite_id, invite) = (invite.invite.id, invite.code);
+        let storage = cx.storage();
+        let project = |name: &str| cloudx_core::storage::NewProject { name: name.into(), ..Default::default() };
+        let mut projects = Vec::new();
+        for (owner, name) in [(&member_principal, "own"), (&admin_principal, "viewed"), (&admin_principal, "other")] {
+            let p = storage.create_project(owner, &client, project(name)).await.unwrap();
+            let content = futures_util::stream::iter([Ok(axum::body::Bytes::from_static(b"alpha"))]);
+            let options = cloudx_core::storage::PutOptions::default();
+            storage.put_file(owner, &client, p.id, "a.txt", Box::pin(content), options).await.unwrap();
+            projects.push(p.id);
+        }
+        storage
+            .set_member(&admin_principal, &client, projects[1], "member@example.com", cloudx_core::ProjectRole::Viewer)
+            .await
+            .unwrap();
         // Closing checkpoints the WAL: the database is then one file to copy.
         cx.close().await;
         let secrets = Secrets {
@@ -129,6 +149,9 @@ impl Template {
             member_spare_key: member_spare_key.key.id,
             invite,
             invite_id,
+            own_project: projects[0],
+            viewed_project: projects[1],
+            other_project: projects[2],
         };
         Self { secrets, dir }
     }
@@ -136,14 +159,22 @@ impl Template {
     /// A fresh instance in the template's state.
     async fn instance(&self) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-        }
+        copy_tree(self.dir.path(), dir.path());
         let cx = Cloudx::connect(config(dir.path())).await.unwrap();
         Fixture { app: cloudx_http::app(AppState::new(cx.clone())), cx, secrets: self.secrets.clone(), _dir: dir }
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 
@@ -327,6 +358,162 @@ fn matrix() -> Vec<Row> {
             "/api/v1/api-keys/{id}",
             |f| plain(&format!("/api/v1/api-keys/{}", f.member_spare_key)),
             [401, 200, 200, 403, 404],
+        ),
+        // Projects: members by role (the member owns `own` and views `viewed`; `other` is the
+        // administrator's alone). An administrator may act on any project; a key without the
+        // admin scope acts as the plain user (owner of `viewed` and `other`, stranger to `own`).
+        // A project one may not see is 404, whatever the call.
+        row(M::GET, "/api/v1/projects", |_| plain("/api/v1/projects"), [401, 200, 200, 200, 200]),
+        row(M::GET, "/api/v1/projects", |_| plain("/api/v1/projects?all=true"), [401, 403, 200, 403, 403]),
+        row(
+            M::POST,
+            "/api/v1/projects",
+            |_| ("/api/v1/projects".into(), Some(json!({"name": "fresh", "template": "python"}))),
+            [401, 201, 201, 403, 201],
+        ),
+        row(M::GET, "/api/v1/templates", |_| plain("/api/v1/templates"), [401, 200, 200, 200, 200]),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}",
+            |f| plain(&format!("/api/v1/projects/{}", f.own_project)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}",
+            |f| plain(&format!("/api/v1/projects/{}", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/projects/{project}",
+            |f| (format!("/api/v1/projects/{}", f.own_project), Some(json!({"name": "renamed"}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/projects/{project}",
+            |f| (format!("/api/v1/projects/{}", f.viewed_project), Some(json!({"name": "renamed"}))),
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/projects/{project}",
+            |f| (format!("/api/v1/projects/{}", f.own_project), Some(json!({"quota_files": 5}))),
+            [401, 403, 200, 403, 404],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/projects/{project}",
+            |f| plain(&format!("/api/v1/projects/{}", f.own_project)),
+            [401, 204, 204, 403, 404],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/projects/{project}",
+            |f| plain(&format!("/api/v1/projects/{}?purge=true", f.own_project)),
+            [401, 403, 204, 403, 403],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/restore",
+            |f| plain(&format!("/api/v1/projects/{}/restore", f.own_project)),
+            [401, 409, 409, 403, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/transfer",
+            |f| (format!("/api/v1/projects/{}/transfer", f.own_project), Some(json!({"to": "victim@example.com"}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/members",
+            |f| plain(&format!("/api/v1/projects/{}/members", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/members/{user}",
+            |f| {
+                let path = format!("/api/v1/projects/{}/members/victim@example.com", f.viewed_project);
+                (path, Some(json!({"role": "editor"})))
+            },
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/members/{user}",
+            |f| (format!("/api/v1/projects/{}/members/{}", f.own_project, f.victim), Some(json!({"role": "viewer"}))),
+            [401, 200, 200, 403, 404],
+        ),
+        // The member leaving a project they view (a read-only key cannot).
+        row(
+            M::DELETE,
+            "/api/v1/projects/{project}/members/{user}",
+            |f| plain(&format!("/api/v1/projects/{}/members/member@example.com", f.viewed_project)),
+            [401, 204, 204, 403, 204],
+        ),
+        // Files: viewers read, editors and owners write.
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/tree",
+            |f| plain(&format!("/api/v1/projects/{}/tree", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/tree",
+            |f| plain(&format!("/api/v1/projects/{}/tree", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/files/{path}",
+            |f| plain(&format!("/api/v1/projects/{}/files/a.txt", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/files/{path}",
+            |f| plain(&format!("/api/v1/projects/{}/files/a.txt", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/files/{path}",
+            |f| (format!("/api/v1/projects/{}/files/b.json", f.viewed_project), Some(json!({"b": 1}))),
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/files/{path}",
+            |f| (format!("/api/v1/projects/{}/files/b.json", f.own_project), Some(json!({"b": 1}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/projects/{project}/files/{path}",
+            |f| plain(&format!("/api/v1/projects/{}/files/a.txt", f.viewed_project)),
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/history/{path}",
+            |f| plain(&format!("/api/v1/projects/{}/history/a.txt", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/restore/{path}",
+            |f| (format!("/api/v1/projects/{}/restore/a.txt", f.own_project), Some(json!({"version": 1}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/move",
+            |f| (format!("/api/v1/projects/{}/move", f.viewed_project), Some(json!({"from": "a.txt", "to": "c.txt"}))),
+            [401, 403, 200, 403, 200],
         ),
     ]
 }

@@ -2,7 +2,9 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod files;
 pub mod ops;
+pub mod projects;
 pub mod users;
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -49,4 +51,6 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(users::router())
         .merge(api_keys::router())
+        .merge(projects::router())
+        .merge(files::router())
 }
