@@ -49,8 +49,202 @@ pub(crate) enum Command {
     /// Manage your API keys on the daemon you signed in to.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// Projects on the daemon you signed in to: create, list, share, delete, restore.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Files of a project on the daemon you signed in to: upload, download, list, history.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// Send a folder's changes to a project (only changed files; conflicts are reported, never
+    /// overwritten).
+    Push(SyncArgs),
+    /// Bring a project's changes into a folder (conflicts are reported, never overwritten).
+    Pull(PullArgs),
+    /// Maintain this instance's blob store (on its database and object store).
+    #[command(subcommand)]
+    Storage(StorageCommand),
     /// Print the version.
     Version,
+}
+
+/// A project: its id, or its slug (among the projects you can see).
+pub(crate) type ProjectRef = String;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectCommand {
+    /// Create a project: empty, from a template (python, rust, node) or as a copy of another.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its slug (default: from the name).
+        #[arg(long)]
+        slug: Option<String>,
+        /// What it is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// A built-in template: empty, python, rust, node.
+        #[arg(long)]
+        template: Option<String>,
+        /// Start as a copy of this project's current files.
+        #[arg(long, value_name = "PROJECT")]
+        copy_from: Option<ProjectRef>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your projects.
+    List {
+        /// Deleted projects (to restore one).
+        #[arg(long)]
+        deleted: bool,
+        /// Every project of the instance (administrators).
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a project and its members.
+    Show {
+        project: ProjectRef,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share a project with a user (by email), or change their role.
+    Share {
+        project: ProjectRef,
+        /// The user's email (or id).
+        user: String,
+        /// owner, editor or viewer.
+        role: String,
+    },
+    /// Remove a member from a project (yourself: leave it).
+    Unshare { project: ProjectRef, user: String },
+    /// Make another user the project's owner.
+    Transfer { project: ProjectRef, user: String },
+    /// Delete a project (restorable with `restore`; `--purge`: for good, administrators).
+    Rm {
+        project: ProjectRef,
+        /// Remove it and its whole history for good.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Restore a deleted project.
+    Restore { project: ProjectRef },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FileCommand {
+    /// Upload a local file (streamed) as a new version.
+    Put {
+        project: ProjectRef,
+        /// The local file.
+        local: PathBuf,
+        /// Its path in the project (default: the local file's name).
+        path: Option<String>,
+        /// Refuse unless the file is at this version (0: must not exist).
+        #[arg(long, value_name = "N")]
+        expect_version: Option<i64>,
+        /// A message kept with the version.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Download a file (any version) to a local file, or to stdout with `-`.
+    Get {
+        project: ProjectRef,
+        /// Its path in the project.
+        path: String,
+        /// Where to (default: the file's name in the current folder; `-`: stdout).
+        local: Option<PathBuf>,
+        /// The project version to read it as of (default: the latest).
+        #[arg(long, value_name = "VERSION")]
+        at: Option<i64>,
+    },
+    /// List a folder (or, with -r, every file below it).
+    Ls {
+        project: ProjectRef,
+        /// The folder (default: the whole project).
+        #[arg(default_value = "")]
+        folder: String,
+        /// Every file below the folder.
+        #[arg(short, long)]
+        recursive: bool,
+        /// The project version to list as of (default: the latest).
+        #[arg(long, value_name = "VERSION")]
+        at: Option<i64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions of a file, newest first.
+    Log {
+        project: ProjectRef,
+        path: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a file or folder (a new version; restorable).
+    Rm {
+        project: ProjectRef,
+        path: String,
+        /// A message kept with the version.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Restore a file's earlier content (default: before it was deleted).
+    Restore {
+        project: ProjectRef,
+        path: String,
+        /// The version whose content to restore (default: the last before its deletion).
+        #[arg(long, value_name = "VERSION")]
+        at: Option<i64>,
+    },
+    /// Move or rename a file or folder.
+    Mv {
+        project: ProjectRef,
+        from: String,
+        to: String,
+        /// A message kept with the version.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SyncArgs {
+    /// The local folder.
+    pub(crate) dir: PathBuf,
+    /// The project.
+    pub(crate) project: ProjectRef,
+    /// Say what would be done, and do nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// The project.
+    pub(crate) project: ProjectRef,
+    /// The local folder (created if needed).
+    pub(crate) dir: PathBuf,
+    /// Say what would be done, and do nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StorageCommand {
+    /// Delete blobs no version refers to (older than storage.gc_grace) and stale temporary files.
+    Gc {
+        /// Count what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// How a command reads a password: prompted on a terminal, or one line of stdin.
@@ -171,4 +365,14 @@ pub(crate) struct ServeArgs {
 pub(crate) enum ConfigCommand {
     /// Validate the configuration without starting anything, and print it with secrets redacted.
     Check,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -70,6 +70,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(Profile::Dev, "warn");
             runtime()?.block_on(commands::remote::apikey(command))
         }
+        Command::Project(command) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::projects::project(command))
+        }
+        Command::File(command) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::projects::file(command))
+        }
+        Command::Push(args) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::sync::push(args))
+        }
+        Command::Pull(args) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::sync::pull(args))
+        }
+        Command::Storage(command) => {
+            let config = commands::load_config(&global, |l| l)?;
+            init_logging(config.profile, "warn");
+            runtime()?.block_on(commands::projects::storage(config, command))
+        }
         Command::Serve(args) => {
             let config = commands::load_config(&global, |l| match &args.bind {
                 Some(bind) => l.flag("http.bind", "--bind", bind.clone()),

@@ -214,7 +214,7 @@ fn migrate_applies_then_reports_up_to_date() {
         text(&first.stdout)
     );
     let second = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
-    assert!(text(&second.stdout).contains("is up to date at schema version 3"), "{}", text(&second.stdout));
+    assert!(text(&second.stdout).contains("is up to date at schema version 4"), "{}", text(&second.stdout));
     assert!(dir.path().join("state/cloudx.db").is_file());
 }
 
@@ -387,4 +387,93 @@ async fn login_stores_a_private_session_that_apikey_commands_use_and_refresh() {
     assert!(text(&out.stderr).contains("not signed in"), "{}", text(&out.stderr));
     serve.signal("TERM");
     assert!(serve.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn projects_files_push_and_pull_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = run_with_stdin(
+        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let serve = Serve::start(dir.path(), &[]);
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(args);
+        cmd
+    };
+    let ok = |args: &[&str]| {
+        let out = run(&mut cli(args));
+        assert!(out.status.success(), "cloudx {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = run_with_stdin(
+        &mut cli(&["login", "--url", &serve.url(""), "--email", "root@example.com", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A project from the python template: pulled, its test passes offline.
+    assert!(ok(&["project", "create", "Demo App", "--template", "python"]).contains("created project demo-app"));
+    assert!(ok(&["project", "list"]).contains("demo-app"));
+    let work = dir.path().join("work");
+    let pulled = ok(&["pull", "demo-app", work.to_str().unwrap()]);
+    assert!(pulled.contains("fetched hello/__init__.py") && pulled.contains("in step"), "{pulled}");
+    let test = Command::new("python3").args(["-m", "unittest", "-q"]).current_dir(&work).output().unwrap();
+    assert!(test.status.success(), "the template's test runs: {}", text(&test.stderr));
+    assert!(ok(&["pull", "demo-app", work.to_str().unwrap()]).contains("0 files fetched"), "nothing changed");
+
+    // Local edits go up; only what changed is sent.
+    std::fs::write(work.join("hello/__init__.py"), "def greet(name):\n    return f'Hi, {name}!'\n").unwrap();
+    std::fs::write(work.join("notes.txt"), "new file\n").unwrap();
+    std::fs::remove_file(work.join("pyproject.toml")).unwrap();
+    let pushed = ok(&["push", work.to_str().unwrap(), "demo-app"]);
+    assert!(pushed.contains("sent hello/__init__.py") && pushed.contains("sent notes.txt"), "{pushed}");
+    assert!(pushed.contains("deleted pyproject.toml in the project") && pushed.contains("3 files sent"), "{pushed}");
+    assert!(ok(&["file", "ls", "demo-app", "-r"]).contains("notes.txt"));
+
+    // The same file changed on both sides: a conflict, reported, neither side overwritten.
+    let upstream = dir.path().join("upstream.txt");
+    std::fs::write(&upstream, "changed in the project\n").unwrap();
+    ok(&["file", "put", "demo-app", upstream.to_str().unwrap(), "notes.txt", "-m", "edited upstream"]);
+    std::fs::write(work.join("notes.txt"), "changed here\n").unwrap();
+    let out = run(&mut cli(&["push", work.to_str().unwrap(), "demo-app"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stdout).contains("notes.txt: changed here and in the project"), "{}", text(&out.stdout));
+    let out = run(&mut cli(&["pull", "demo-app", work.to_str().unwrap()]));
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(work.join("notes.txt")).unwrap(), "changed here\n");
+    let fetched = dir.path().join("fetched.txt");
+    ok(&["file", "get", "demo-app", "notes.txt", fetched.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "changed in the project\n");
+
+    // History, delete, restore, move, versions.
+    let log = ok(&["file", "log", "demo-app", "notes.txt"]);
+    assert!(log.contains("edited upstream"), "{log}");
+    ok(&["file", "rm", "demo-app", "notes.txt"]);
+    ok(&["file", "restore", "demo-app", "notes.txt"]);
+    ok(&["file", "mv", "demo-app", "notes.txt", "docs/notes.txt"]);
+    let listing = ok(&["file", "ls", "demo-app"]);
+    assert!(listing.contains("docs/") && !listing.contains("notes.txt"), "{listing}");
+    let old = dir.path().join("old.toml");
+    ok(&["file", "get", "demo-app", "pyproject.toml", old.to_str().unwrap(), "--at", "1"]);
+    assert!(std::fs::read_to_string(&old).unwrap().contains("[project]"));
+    let out = run(&mut cli(&["file", "get", "demo-app", "../etc/passwd", "-"]));
+    assert!(!out.status.success() && text(&out.stderr).contains("`..`"), "{}", text(&out.stderr));
+
+    // Sharing, deletion and restore.
+    let out = run(&mut cli(&["project", "share", "demo-app", "nobody@example.com", "viewer"]));
+    assert!(!out.status.success() && text(&out.stderr).contains("nobody@example.com"));
+    assert!(ok(&["project", "show", "demo-app"]).contains("root@example.com"));
+    ok(&["project", "rm", "demo-app"]);
+    assert!(!ok(&["project", "list"]).contains("demo-app"));
+    assert!(ok(&["project", "restore", "demo-app"]).contains("restored demo-app"));
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
+
+    // Garbage collection on the local instance: nothing referenced goes.
+    let gc = text(&run(cloudx(dir.path()).args(["storage", "gc"])).stdout);
+    assert!(gc.contains("deleted 0"), "{gc}");
 }

@@ -1,8 +1,10 @@
 //! One module per command area; each converts its arguments, calls core once, renders the result.
 
 pub(crate) mod config;
+pub(crate) mod projects;
 pub(crate) mod remote;
 pub(crate) mod serve;
+pub(crate) mod sync;
 pub(crate) mod users;
 
 use anyhow::Context as _;

@@ -98,6 +98,11 @@ fn client() -> anyhow::Result<(Client, Stored)> {
     Ok((client, stored))
 }
 
+/// A client acting with the stored session (for the commands that talk to a daemon).
+pub(crate) fn session() -> anyhow::Result<Client> {
+    Ok(client()?.0)
+}
+
 /// `cloudx login`.
 pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.url)?;

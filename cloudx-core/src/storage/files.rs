@@ -59,6 +59,24 @@ pub struct TreeEntry {
     pub modified_at: DateTime<Utc>,
 }
 
+/// A listing: the version listed and its entries, by path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Tree {
+    /// The project version listed.
+    pub version: i64,
+    /// The entries, by path.
+    pub entries: Vec<TreeEntry>,
+}
+
+/// The version a change made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Versioned {
+    /// The new project version (the current one when nothing changed).
+    pub version: i64,
+}
+
 /// Options of a write.
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use self::blobs::Blobs;
 pub use self::blobs::{BlobId, ByteStream};
-pub use self::files::{Download, FileVersion, GcReport, PutOptions, TreeEntry};
+pub use self::files::{Download, FileVersion, GcReport, PutOptions, Tree, TreeEntry, Versioned};
 pub use self::path::{Folder, ProjectPath};
 pub use self::projects::{Member, NewProject, Project, ProjectFilter, ProjectUpdate, Template};
 use crate::access::{ProjectAction, ProjectRole, check_project};

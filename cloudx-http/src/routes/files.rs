@@ -14,9 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cloudx_core::ErrorKind;
-use cloudx_core::storage::{ByteStream, FileVersion, PutOptions, TreeEntry};
+use cloudx_core::storage::{ByteStream, FileVersion, PutOptions, Tree, Versioned};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -195,13 +195,6 @@ pub(crate) struct DeleteQuery {
     message: Option<String>,
 }
 
-/// The version a change made.
-#[derive(Serialize, Deserialize, ToSchema, Debug)]
-pub struct Versioned {
-    /// The new project version.
-    pub version: i64,
-}
-
 /// Deletes a file, or every file of a folder, as a new version (restorable from the history).
 #[utoipa::path(
     delete, path = "/api/v1/projects/{project}/files/{*path}", tag = "files",
@@ -247,15 +240,6 @@ pub(crate) struct TreeQuery {
     /// Every file below the folder, instead of its files and sub-folders.
     #[serde(default)]
     recursive: bool,
-}
-
-/// A listing.
-#[derive(Serialize, Deserialize, ToSchema, Debug)]
-pub struct Tree {
-    /// The project version listed.
-    pub version: i64,
-    /// The entries, by path.
-    pub entries: Vec<TreeEntry>,
 }
 
 /// Lists a folder (files and sub-folders) or, with `recursive`, every file below it; at any

@@ -21,6 +21,10 @@ use uuid::Uuid;
 
 pub use crate::routes::auth::{LoginResponse, Me};
 
+mod files;
+
+pub use self::files::Downloaded;
+
 /// How the client proves who it is.
 #[derive(Clone, Default)]
 pub enum Credential {
@@ -85,7 +89,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .user_agent(concat!("cloudx/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            // Between reads, not in all: a file transfer takes as long as its size needs.
+            .read_timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the HTTP client: {e}")))?;
         Ok(Self { base, http, credential: Arc::new(Mutex::new(Credential::Anonymous)), on_refresh: None })
@@ -266,6 +271,24 @@ impl Client {
         authenticated: bool,
     ) -> Result<reqwest::Response> {
         let url = self.base.join(path).map_err(|e| Error::invalid(format!("bad path {path}: {e}")))?;
+        self.exchange_with(method, url, authenticated, |request| {
+            Ok(match body {
+                Some(body) => request.json(body),
+                None => request,
+            })
+        })
+        .await
+    }
+
+    /// [`exchange`](Self::exchange) with the request completed by `build`, which is called
+    /// again for the retry after a refresh (so that a streamed body can be opened anew).
+    async fn exchange_with(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        authenticated: bool,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<reqwest::Response> {
         let mut refreshed = false;
         loop {
             let credential = self.credential();
@@ -277,11 +300,9 @@ impl Client {
                     Credential::Session { access_token, .. } => request = request.bearer_auth(access_token),
                 }
             }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
+            let request = build(request)?;
             let response = request.send().await.map_err(|e| unreachable_daemon(&self.base, &e))?;
-            if response.status().is_success() {
+            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
                 return Ok(response);
             }
             let status = response.status();
@@ -356,7 +377,10 @@ async fn problem(base: &reqwest::Url, response: reqwest::Response) -> Error {
         403 => ErrorKind::PermissionDenied,
         404 => ErrorKind::NotFound,
         409 => ErrorKind::Conflict,
+        412 => ErrorKind::PreconditionFailed,
+        413 => ErrorKind::PayloadTooLarge,
         429 => ErrorKind::RateLimited,
+        507 => ErrorKind::QuotaExceeded,
         503 => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     });
