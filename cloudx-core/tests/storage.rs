@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cloudx_core::auth::NewUser;
 use cloudx_core::auth::audit::Client;
 use cloudx_core::config::{ConfigLoader, Registration};
-use cloudx_core::storage::{ByteStream, NewProject, ProjectFilter, ProjectUpdate, PutOptions};
+use cloudx_core::storage::{ArchiveFormat, ByteStream, NewProject, ProjectFilter, ProjectUpdate, PutOptions};
 use cloudx_core::testing::TestPostgres;
 use cloudx_core::{Cloudx, CloudxConfig, ErrorKind, Principal, ProjectRole, Role};
 use futures_util::TryStreamExt as _;
@@ -131,6 +131,7 @@ conformance!(
     sizes_and_quotas_are_enforced,
     templates_and_copies,
     concurrent_writers_each_get_a_version,
+    archives_go_in_and_out_whole,
 );
 
 async fn projects_slugs_listing_and_settings(postgres: bool, backend: Backend) {
@@ -610,4 +611,103 @@ async fn concurrent_writers_each_get_a_version(postgres: bool, backend: Backend)
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
     assert!(outcomes.iter().filter_map(|o| o.as_ref().err()).all(|e| e.kind() == ErrorKind::PreconditionFailed));
     assert_eq!(i.cx.storage().project(&alice, p).await.unwrap().files, 17);
+}
+
+fn tar_gz(entries: &[(&str, &[u8])], link: Option<&str>) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (name, content) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        // Written raw: the tar crate refuses to write the hostile names these tests need.
+        let raw = &mut header.as_old_mut().name;
+        raw.fill(0);
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        tar.append(&header, *content).unwrap();
+    }
+    if let Some(link) = link {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, link, "/etc/passwd").unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, content) in entries {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(content).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+async fn collect(stream: ByteStream) -> Vec<u8> {
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    chunks.concat()
+}
+
+async fn archives_go_in_and_out_whole(postgres: bool, backend: Backend) {
+    let Some(i) = instance(postgres, backend, |c| c.storage.project_quota_files = 10).await else { return };
+    let s = i.cx.storage();
+    let (alice, _) = user(&i.cx, "alice").await;
+    let p = project(&i.cx, &alice, "packed").await;
+    put(&i.cx, &alice, p, "keep.txt", "kept").await.unwrap();
+
+    // A tar.gz into a folder: one version; a link is left out and named.
+    let archive =
+        tar_gz(&[("./src/main.rs", b"fn main() {}\n"), ("README.md", b"# packed\n"), ("empty", b"")], Some("link"));
+    let up = s.upload_archive(&alice, &client(), p, "app", ArchiveFormat::TarGz, body(archive), None).await.unwrap();
+    assert_eq!((up.version, up.files, up.bytes, up.skipped.as_slice()), (2, 3, 22, &["link".to_owned()][..]));
+    assert_eq!(read(&i.cx, &alice, p, "app/src/main.rs", None).await.unwrap(), b"fn main() {}\n");
+    let history = s.history(&alice, p, "app/README.md", 1).await.unwrap();
+    assert_eq!(history[0].message.as_deref(), Some("uploaded an archive"));
+
+    // A zip too.
+    let archive = zip_of(&[("docs/a.md", b"a"), ("docs/b.md", b"b")]);
+    let up = s.upload_archive(&alice, &client(), p, "", ArchiveFormat::Zip, body(archive), Some("docs")).await.unwrap();
+    assert_eq!((up.version, up.files), (3, 2));
+
+    // Bad entries refuse the whole archive: nothing is written.
+    for (name, rule) in [("../escape.txt", "`..`"), ("/abs.txt", "starts with `/`")] {
+        let archive = tar_gz(&[("fine.txt", b"x"), (name, b"x")], None);
+        let err =
+            s.upload_archive(&alice, &client(), p, "", ArchiveFormat::TarGz, body(archive), None).await.unwrap_err();
+        assert!(err.kind() == ErrorKind::InvalidInput && err.message().contains(rule), "{name}: {}", err.message());
+    }
+    let err =
+        s.upload_archive(&alice, &client(), p, "", ArchiveFormat::Zip, body("not a zip"), None).await.unwrap_err();
+    assert!(err.kind() == ErrorKind::InvalidInput && err.message().contains("not a zip"), "{}", err.message());
+    let many: Vec<(String, Vec<u8>)> = (0..8).map(|n| (format!("many/{n}"), vec![b'x'])).collect();
+    let refs: Vec<(&str, &[u8])> = many.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
+    let err = s
+        .upload_archive(&alice, &client(), p, "", ArchiveFormat::TarGz, body(tar_gz(&refs, None)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{}", err.message());
+    assert_eq!(s.project(&alice, p).await.unwrap().version, 3);
+    assert_eq!(s.list_files(&alice, p, "", None, true).await.unwrap().len(), 6);
+
+    // Out again: the whole project, a folder, an earlier version, both formats.
+    let whole = s.download_archive(&alice, p, "", None, ArchiveFormat::TarGz).await.unwrap();
+    assert_eq!((whole.version, whole.file_name.as_str()), (3, "packed-v3.tar.gz"));
+    let bytes = collect(whole.body).await;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    let mut names: Vec<String> =
+        tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["app/README.md", "app/empty", "app/src/main.rs", "docs/a.md", "docs/b.md", "keep.txt"]);
+    let folder = s.download_archive(&alice, p, "app/", Some(2), ArchiveFormat::Zip).await.unwrap();
+    assert_eq!(folder.file_name, "packed-app-v2.zip");
+    let bytes = collect(folder.body).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut main = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("src/main.rs").unwrap(), &mut main).unwrap();
+    assert_eq!((zip.len(), main.as_str()), (3, "fn main() {}\n"));
+    let err = s.download_archive(&alice, p, "docs", Some(2), ArchiveFormat::Zip).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
 }

@@ -132,6 +132,19 @@ async fn files_go_up_and_come_down_with_versions_etags_and_ranges() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(s.req(M::GET, file("www/a.css")).send().await.unwrap().text().await.unwrap(), "a{}");
 
+    // A whole project down as one archive, and one up.
+    let r = s.req(M::GET, d.url(&format!("/api/v1/projects/{p}/archive?format=zip"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    assert_eq!(r.headers()["content-disposition"], "attachment; filename=\"web-v6.zip\"");
+    let zip = r.bytes().await.unwrap();
+    let url = d.url(&format!("/api/v1/projects/{p}/archive?format=zip&prefix=copy"));
+    let r = s.req(M::POST, url).body(zip).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let up: Value = r.json().await.unwrap();
+    assert_eq!((up["version"].as_i64(), up["files"].as_u64()), (Some(7), Some(2)));
+    assert_eq!(s.req(M::GET, file("copy/www/a.css")).send().await.unwrap().text().await.unwrap(), "a{}");
+
     // Path rules are 400s naming the rule.
     for (path, rule) in [("a/..%2Fb", "`..`"), ("a%00b", "U+0000"), ("a//b", "empty segment")] {
         let r = s.req(M::PUT, file(path)).body("x").send().await.unwrap();

@@ -510,6 +510,25 @@ fn matrix() -> Vec<Row> {
             [401, 200, 200, 403, 404],
         ),
         row(
+            M::GET,
+            "/api/v1/projects/{project}/archive",
+            |f| plain(&format!("/api/v1/projects/{}/archive?format=zip", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/archive",
+            |f| plain(&format!("/api/v1/projects/{}/archive", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        // Allowed callers get as far as reading the body, which is not an archive.
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/archive",
+            |f| (format!("/api/v1/projects/{}/archive", f.viewed_project), Some(json!({"not": "an archive"}))),
+            [401, 403, 400, 403, 400],
+        ),
+        row(
             M::POST,
             "/api/v1/projects/{project}/move",
             |f| (format!("/api/v1/projects/{}/move", f.viewed_project), Some(json!({"from": "a.txt", "to": "c.txt"}))),

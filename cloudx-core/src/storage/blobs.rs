@@ -126,6 +126,13 @@ pub(crate) struct Spooled {
     pub(crate) size: u64,
 }
 
+impl Spooled {
+    /// The temporary file (to read an uploaded archive back).
+    pub(crate) fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
 /// The blob store of an instance.
 #[derive(Debug, Clone)]
 pub(crate) struct Blobs {
@@ -237,6 +244,37 @@ impl Blobs {
         Ok(Spooled { file, id, size })
     }
 
+    /// Like [`spool`](Self::spool), from a blocking reader (an archive's entry), on the calling
+    /// thread: for blocking contexts only.
+    pub(crate) fn spool_blocking(&self, reader: &mut dyn std::io::Read, limits: SizeLimits) -> Result<Spooled> {
+        let file = TempFile::create(&self.spool_dir)?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.path)
+            .map_err(|e| io_error("cannot write a temporary file", e))?;
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::invalid(format!("the archive cannot be read: {e}"))),
+            };
+            size += n as u64;
+            limits.check(size)?;
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| io_error("cannot write a temporary file", e))?;
+        }
+        let out = out.into_inner().map_err(|e| io_error("cannot write a temporary file", e.into_error()))?;
+        if self.local_root.is_some() {
+            out.sync_all().map_err(|e| io_error("cannot write a temporary file", e))?;
+        }
+        Ok(Spooled { file, id: BlobId(hasher.finalize().into()), size })
+    }
+
     /// Publishes a spooled write under its id. When this returns, the blob is complete in the
     /// store (and durable, on the local backend).
     pub(crate) async fn publish(&self, spooled: Spooled) -> Result<()> {
@@ -290,13 +328,10 @@ impl Blobs {
         }
     }
 
-    /// Stores a small content held in memory (templates, archives' entries go through `spool`).
-    pub(crate) async fn put_bytes(&self, content: Bytes) -> Result<(BlobId, u64)> {
+    /// Spools a small content held in memory (a template's file).
+    pub(crate) async fn spool_bytes(&self, content: Bytes) -> Result<Spooled> {
         let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(content) }));
-        let spooled = self.spool(stream, SizeLimits { file: u64::MAX, quota: u64::MAX }).await?;
-        let (id, size) = (spooled.id, spooled.size);
-        self.publish(spooled).await?;
-        Ok((id, size))
+        self.spool(stream, SizeLimits { file: u64::MAX, quota: u64::MAX }).await
     }
 
     /// Streams a blob, or `range` of it (already checked against its size).

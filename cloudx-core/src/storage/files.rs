@@ -664,6 +664,12 @@ impl Storage {
         Ok(id)
     }
 
+    pub(super) async fn release_all(&self, leases: &mut Vec<Uuid>) {
+        for lease in leases.drain(..) {
+            self.release(lease).await;
+        }
+    }
+
     pub(super) async fn release(&self, lease: Uuid) {
         let released = on_db!(&self.db, |pool| sqlx::query("DELETE FROM blob_leases WHERE id = $1")
             .bind(lease)

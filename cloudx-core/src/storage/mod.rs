@@ -8,6 +8,7 @@
 //!
 //! Every call takes the acting [`Principal`] and checks it with [`check_project`].
 
+mod archive;
 mod blobs;
 mod files;
 mod gc;
@@ -20,6 +21,7 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use self::archive::{ArchiveDownload, ArchiveFormat, ArchiveUpload};
 use self::blobs::Blobs;
 pub use self::blobs::{BlobId, ByteStream};
 pub use self::files::{Download, FileVersion, GcReport, PutOptions, Tree, TreeEntry, Versioned};

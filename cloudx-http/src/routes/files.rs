@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cloudx_core::ErrorKind;
-use cloudx_core::storage::{ByteStream, FileVersion, PutOptions, Tree, Versioned};
+use cloudx_core::storage::{ArchiveFormat, ArchiveUpload, ByteStream, FileVersion, PutOptions, Tree, Versioned};
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -33,6 +33,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(history))
         .routes(routes!(restore_file))
         .routes(routes!(move_file))
+        .routes(routes!(download_archive, upload_archive))
 }
 
 /// Whether a request streams a file into the daemon: its body is not held to
@@ -375,6 +376,121 @@ async fn move_file(
         .move_file(caller.principal(), &caller.client(), project, &body.from, &body.to, body.message.as_deref())
         .await?;
     Ok(Json(Versioned { version }))
+}
+
+/// What to archive.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ArchiveQuery {
+    /// `tar.gz` (default) or `zip`.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    format: Option<ArchiveFormat>,
+    /// The folder to archive (paths in the archive are relative to it); the whole project when absent.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// The project version to archive; the latest when absent.
+    #[serde(default)]
+    version: Option<i64>,
+}
+
+/// Downloads the project (or a folder of it, at any version) as one tar.gz or zip archive,
+/// streamed as it is made.
+#[utoipa::path(
+    get, path = "/api/v1/projects/{project}/archive", tag = "files",
+    security(("bearer" = [])),
+    params(("project" = Uuid, Path, description = "The project's id"), ArchiveQuery),
+    responses(
+        (status = 200, description = "The archive", content_type = "application/gzip"),
+        (status = 400, description = "An unknown format or a bad folder", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such project, or an empty folder", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn download_archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<Uuid>,
+    Query(query): Query<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let format = query.format.unwrap_or_default();
+    let prefix = query.prefix.as_deref().unwrap_or("");
+    let archive =
+        state.cx.storage().download_archive(caller.principal(), project, prefix, query.version, format).await?;
+    let mut out = HeaderMap::new();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    out.insert(header::CONTENT_DISPOSITION, attachment(&archive.file_name));
+    out.insert("x-cloudx-version", HeaderValue::from(archive.version));
+    Ok((out, Body::from_stream(archive.body)).into_response())
+}
+
+/// Where to unpack.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UnpackQuery {
+    /// `tar.gz` (default) or `zip`.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    format: Option<ArchiveFormat>,
+    /// The folder to unpack into; the project's root when absent.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// A message kept with the version.
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Uploads a tar.gz or zip archive: its files become one new version (all or none). Entries
+/// that are not regular files are left out and named in the answer.
+#[utoipa::path(
+    post, path = "/api/v1/projects/{project}/archive", tag = "files",
+    security(("bearer" = [])),
+    params(("project" = Uuid, Path, description = "The project's id"), UnpackQuery),
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "The archive"),
+    responses(
+        (status = 200, body = ArchiveUpload),
+        (status = 400, description = "Not an archive of the format, or an entry with a bad path (named)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Viewers cannot write", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A file would replace a folder or lie under a file", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The archive or one of its files is larger than storage.max_file_size", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The project's quota would be exceeded", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn upload_archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<Uuid>,
+    Query(query): Query<UnpackQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ArchiveUpload>, ApiError> {
+    let format = query.format.unwrap_or_default();
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let max = state.cx.storage().config().max_file_size.as_u64();
+    if declared.is_some_and(|d| d > max) {
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the archive is {} bytes; an upload may hold at most {max} (storage.max_file_size)",
+                declared.unwrap_or(0)
+            ),
+        ));
+    }
+    let idle = state.cx.config().http.request_timeout;
+    let prefix = query.prefix.as_deref().unwrap_or("");
+    let uploaded = state
+        .cx
+        .storage()
+        .upload_archive(
+            caller.principal(),
+            &caller.client(),
+            project,
+            prefix,
+            format,
+            idle_limited(body, idle),
+            query.message.as_deref(),
+        )
+        .await?;
+    Ok(Json(uploaded))
 }
 
 fn etag(version: i64) -> HeaderValue {

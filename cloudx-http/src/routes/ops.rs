@@ -49,7 +49,7 @@ pub struct Ready {
     checks: Vec<cloudx_core::Check>,
 }
 
-/// Readiness: the database (and, once it exists, the object store) answers.
+/// Readiness: the database and the object store answer.
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses(
