@@ -59,10 +59,12 @@ CREATE TABLE files (
     PRIMARY KEY (project_id, path)
 );
 
--- Blobs being written: the garbage collector leaves them alone until the write commits.
+-- Blobs being written: the garbage collector leaves them alone until the write commits. One
+-- lease (id) may cover many blobs (an archive's).
 CREATE TABLE blob_leases (
-    id         UUID PRIMARY KEY,
+    id         UUID NOT NULL,
     sha256     TEXT NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (id, sha256)
 );
 CREATE INDEX blob_leases_blob ON blob_leases (sha256);

@@ -58,10 +58,12 @@ CREATE TABLE files (
     PRIMARY KEY (project_id, path)
 );
 
--- Blobs being written: the garbage collector leaves them alone until the write commits.
+-- Blobs being written: the garbage collector leaves them alone until the write commits. One
+-- lease (id) may cover many blobs (an archive's).
 CREATE TABLE blob_leases (
-    id         BLOB PRIMARY KEY NOT NULL,
+    id         BLOB NOT NULL,
     sha256     TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (id, sha256)
 );
 CREATE INDEX blob_leases_blob ON blob_leases (sha256);

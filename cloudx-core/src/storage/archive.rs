@@ -179,7 +179,7 @@ impl Storage {
         let p = &access.project;
         let max_file = self.config.max_file_size.as_u64();
         // The archive itself may be as large as a file; what it holds, as large as the quota.
-        let archive = self.blobs.spool(body, SizeLimits { file: max_file, quota: u64::MAX }).await?;
+        let archive = self.blobs.spool(body, SizeLimits { file: max_file, quota: u64::MAX }, None).await?;
         let limits = Unpack {
             file: max_file,
             total: p.quota_bytes,
@@ -198,22 +198,21 @@ impl Storage {
         .map_err(|e| Error::internal("the unpacking thread failed", e))??;
         let Unpacked { entries, skipped } = unpacked;
         let (files, bytes) = (entries.len() as u64, entries.iter().map(|(_, s)| s.size).sum());
-        let mut leases = Vec::with_capacity(entries.len());
-        let mut changes = Vec::with_capacity(entries.len());
+        let blobs: Vec<BlobId> = entries.iter().map(|(_, s)| s.id).collect();
+        let lease = self.lease(&blobs).await?;
         let published = async {
-            for (path, spooled) in entries {
-                let (blob, size) = (spooled.id, spooled.size);
-                leases.push(self.lease(blob).await?);
-                self.blobs.publish(spooled).await?;
-                changes.push(Change::put(path, blob, size, None));
+            let mut changes = Vec::with_capacity(entries.len());
+            let mut spooled = Vec::with_capacity(entries.len());
+            for (path, file) in entries {
+                changes.push(Change::put(path, file.id, file.size, None));
+                spooled.push(file);
             }
+            self.blobs.publish_many(spooled).await?;
             let message = message.unwrap_or("uploaded an archive");
             self.commit(project, actor.user_id(), changes, Some(message)).await
         }
         .await;
-        for lease in leases {
-            self.release(lease).await;
-        }
+        self.release(lease).await;
         let committed = published?;
         if committed.changed {
             self.audit(
@@ -289,7 +288,7 @@ fn read_tar(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
         }
         let path = entry_path(folder, &name)?;
         let spooled =
-            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) })?;
+            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) }, false)?;
         out.add(path, spooled, limits)?;
     }
     Ok(out)
@@ -315,7 +314,7 @@ fn read_zip(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
         }
         let path = entry_path(folder, &name)?;
         let spooled =
-            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) })?;
+            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) }, false)?;
         out.add(path, spooled, limits)?;
     }
     Ok(out)

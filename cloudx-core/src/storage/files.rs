@@ -46,6 +46,7 @@ pub struct TreeEntry {
     /// The path from the project's root.
     pub path: String,
     /// Whether this is a folder (listed when not recursive).
+    #[serde(default)]
     pub folder: bool,
     /// The file's size, or the total size of the folder's files.
     pub size: u64,
@@ -241,9 +242,9 @@ impl Storage {
         if let Some(declared) = options.declared_size {
             limits.check(declared)?;
         }
-        let spooled = self.blobs.spool(body, limits).await?;
+        let spooled = self.blobs.spool(body, limits, options.declared_size).await?;
         let (blob, size) = (spooled.id, spooled.size);
-        let lease = self.lease(blob).await?;
+        let lease = self.lease(&[blob]).await?;
         let committed = async {
             self.blobs.publish(spooled).await?;
             self.commit(
@@ -556,15 +557,35 @@ impl Storage {
         let (lo, hi) = folder.bounds().unwrap_or_else(|| (String::new(), "\u{10ffff}".to_owned()));
         type Row = (String, i64, String, i64, String, DateTime<Utc>);
         let rows: Vec<Row> = match version {
-            None => on_db!(&self.db, |pool| sqlx::query_as(
-                "SELECT path, version, sha256, size, content_type, modified_at FROM files \
-                 WHERE project_id = $1 AND path >= $2 AND path < $3 ORDER BY path"
-            )
-            .bind(project)
-            .bind(&lo)
-            .bind(&hi)
-            .fetch_all(pool)
-            .await),
+            // The current tree comes back as one JSON document built by the database: one row
+            // instead of one per file (which costs a thread hand-off per row with SQLite).
+            None => {
+                let json: Option<String> = match &self.db {
+                    Database::Sqlite(pool) => sqlx::query_scalar(
+                        "SELECT json_group_array(json_object('path', path, 'version', version, 'sha256', sha256, \
+                         'size', size, 'content_type', content_type, 'modified_at', modified_at) ORDER BY path) \
+                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3",
+                    )
+                    .bind(project)
+                    .bind(&lo)
+                    .bind(&hi)
+                    .fetch_one(pool)
+                    .await,
+                    Database::Postgres(pool) => sqlx::query_scalar(
+                        "SELECT COALESCE(json_agg(json_build_object('path', path, 'version', version, 'sha256', sha256, \
+                         'size', size, 'content_type', content_type, 'modified_at', modified_at) ORDER BY path), '[]')::text \
+                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3",
+                    )
+                    .bind(project)
+                    .bind(&lo)
+                    .bind(&hi)
+                    .fetch_one(pool)
+                    .await,
+                }
+                .map_err(|e| db_error("listing files", e))?;
+                return serde_json::from_str(json.as_deref().unwrap_or("[]"))
+                    .map_err(|e| Error::internal("the database's listing cannot be read", e));
+            }
             Some(v) => on_db!(&self.db, |pool| sqlx::query_as(
                 "SELECT f.path, f.version, f.sha256, f.size, f.content_type, f.created_at FROM file_versions f \
                  JOIN (SELECT path, MAX(version) AS version FROM file_versions \
@@ -625,21 +646,24 @@ impl Storage {
         }))
     }
 
-    /// Records that a blob is being written, so that garbage collection leaves it alone until
-    /// the write has committed (or the lease has expired).
-    pub(super) async fn lease(&self, blob: BlobId) -> Result<Uuid> {
+    /// Records that blobs are being written, so that garbage collection leaves them alone
+    /// until the write has committed (or the lease has expired). One lease covers them all.
+    pub(super) async fn lease(&self, blobs: &[BlobId]) -> Result<Uuid> {
         let id = Uuid::now_v7();
-        let hex = blob.to_hex();
+        let hexes: std::collections::BTreeSet<String> = blobs.iter().map(|b| b.to_hex()).collect();
+        let at = now();
         macro_rules! insert {
             ($tx:expr) => {
                 async {
                     let mut tx = $tx;
-                    sqlx::query("INSERT INTO blob_leases (id, sha256, created_at) VALUES ($1, $2, $3)")
-                        .bind(id)
-                        .bind(&hex)
-                        .bind(now())
-                        .execute(&mut *tx)
-                        .await?;
+                    for hex in &hexes {
+                        sqlx::query("INSERT INTO blob_leases (id, sha256, created_at) VALUES ($1, $2, $3)")
+                            .bind(id)
+                            .bind(hex)
+                            .bind(at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     tx.commit().await
                 }
                 .await
@@ -662,12 +686,6 @@ impl Storage {
         };
         inserted.map_err(|e| db_error("recording the upload", e))?;
         Ok(id)
-    }
-
-    pub(super) async fn release_all(&self, leases: &mut Vec<Uuid>) {
-        for lease in leases.drain(..) {
-            self.release(lease).await;
-        }
     }
 
     pub(super) async fn release(&self, lease: Uuid) {

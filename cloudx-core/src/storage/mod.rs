@@ -10,6 +10,7 @@
 
 mod archive;
 mod blobs;
+mod direct;
 mod files;
 mod gc;
 pub mod path;

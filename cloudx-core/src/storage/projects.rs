@@ -245,7 +245,7 @@ impl Storage {
         let explicit_slug = new.slug.as_deref().map(check_slug).transpose()?;
         let base_slug = explicit_slug.clone().unwrap_or_else(|| slugify(&name));
         // What it starts with, checked before anything is written.
-        let mut leases = Vec::new();
+        let mut lease = None;
         let initial: Vec<Change> = match (&new.template, new.copy_from) {
             (Some(_), Some(_)) => return Err(Error::invalid("give either a template or a project to copy, not both")),
             (None, Some(source)) => {
@@ -261,17 +261,20 @@ impl Storage {
                     ))
                 })?;
                 let mut changes = Vec::with_capacity(template.files.len());
+                let mut spooled = Vec::with_capacity(template.files.len());
                 for (path, content) in template.files {
-                    let spooled = self.blobs.spool_bytes(bytes::Bytes::from_static(content.as_bytes())).await?;
-                    let (blob, size) = (spooled.id, spooled.size);
-                    // Leased until the commit: garbage collection must not take a blob that
-                    // existed unreferenced before this write found it.
-                    leases.push(self.lease(blob).await?);
-                    if let Err(e) = self.blobs.publish(spooled).await {
-                        self.release_all(&mut leases).await;
-                        return Err(e);
-                    }
-                    changes.push(Change::put(super::ProjectPath::parse(path)?, blob, size, None));
+                    let file = self.blobs.spool_bytes(bytes::Bytes::from_static(content.as_bytes())).await?;
+                    changes.push(Change::put(super::ProjectPath::parse(path)?, file.id, file.size, None));
+                    spooled.push(file);
+                }
+                // Leased until the commit: garbage collection must not take a blob that
+                // existed unreferenced before this write found it.
+                let blobs: Vec<_> = spooled.iter().map(|s| s.id).collect();
+                let id = self.lease(&blobs).await?;
+                lease = Some(id);
+                if let Err(e) = self.blobs.publish_many(spooled).await {
+                    self.release(id).await;
+                    return Err(e);
                 }
                 changes
             }
@@ -305,7 +308,9 @@ impl Storage {
             };
             let author = actor.user_id().or(Some(owner));
             let committed = self.commit(id, author, initial, Some(&message)).await;
-            self.release_all(&mut leases).await;
+            if let Some(lease) = lease {
+                self.release(lease).await;
+            }
             if let Err(e) = committed {
                 // Nothing of a project that could not be filled stays behind.
                 let _ = on_db!(&self.db, |pool| sqlx::query("DELETE FROM projects WHERE id = $1")
