@@ -21,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+/// The most a connection's read buffer grows to (for request bodies; heads stay within
+/// `http.max_header_size`).
+const READ_BUFFER: usize = 256 * 1024;
+
 use crate::App;
 
 /// A bound listener with the router it will serve.
@@ -142,7 +146,10 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(usize::try_from(config.max_header_size.as_u64()).unwrap_or(usize::MAX).max(8192));
+        .max_header_size(usize::try_from(config.max_header_size.as_u64()).unwrap_or(usize::MAX))
+        // The read buffer, which a request head may not fill beyond `max_header_size`: large
+        // enough that an upload arrives in chunks of up to 256 KiB rather than a few KiB.
+        .max_buf_size(READ_BUFFER.max(usize::try_from(config.max_header_size.as_u64()).unwrap_or(usize::MAX)));
     // No `with_upgrades()` yet: an upgraded connection would leave this task, escaping the
     // connection cap and the shutdown drain. WebSockets will arrive with their own tracking.
     let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));

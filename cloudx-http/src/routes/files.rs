@@ -580,18 +580,26 @@ fn http_date(at: DateTime<Utc>) -> HeaderValue {
 }
 
 /// The request body as a stream that fails when no data arrives for `idle`: an upload may take
-/// as long as it needs, but not stall forever.
+/// as long as it needs, but not stall forever. The timer is re-armed at most once a second, not
+/// for every chunk.
 fn idle_limited(body: Body, idle: Duration) -> ByteStream {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    Box::pin(futures_util::stream::unfold(Box::pin(stream), move |mut stream| async move {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Ok(Some(item)) => Some((item, stream)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no data for {}s", idle.as_secs()))),
-                stream,
-            )),
+    let timer = Box::pin(tokio::time::sleep(idle));
+    let state = (Box::pin(stream), timer, tokio::time::Instant::now());
+    Box::pin(futures_util::stream::unfold(state, move |(mut stream, mut timer, mut armed)| async move {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = &mut timer => Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no data for {}s", idle.as_secs()),
+            ))),
+        };
+        let now = tokio::time::Instant::now();
+        if now.duration_since(armed) >= Duration::from_secs(1) {
+            timer.as_mut().reset(now + idle);
+            armed = now;
         }
+        next.map(|item| (item, (stream, timer, armed)))
     }))
 }
 
