@@ -434,6 +434,18 @@ async fn projects_files_push_and_pull_through_the_daemon() {
     assert!(pushed.contains("deleted pyproject.toml in the project") && pushed.contains("3 files sent"), "{pushed}");
     assert!(ok(&["file", "ls", "demo-app", "-r"]).contains("notes.txt"));
 
+    // A local name the project cannot hold is reported, and the rest of the state is kept.
+    std::fs::write(work.join("bad\u{1}name"), "x").unwrap();
+    let out = run(&mut cli(&["push", work.to_str().unwrap(), "demo-app"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("cannot be sent") && text(&out.stdout).contains("U+0001"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_file(work.join("bad\u{1}name")).unwrap();
+    assert!(ok(&["push", work.to_str().unwrap(), "demo-app"]).contains("0 files sent"), "nothing else changed");
+
     // The same file changed on both sides: a conflict, reported, neither side overwritten.
     let upstream = dir.path().join("upstream.txt");
     std::fs::write(&upstream, "changed in the project\n").unwrap();

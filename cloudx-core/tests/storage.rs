@@ -238,6 +238,11 @@ async fn members_share_change_remove_and_transfer(postgres: bool, backend: Backe
     assert!(members.iter().any(|m| m.user_id == alice_id && !m.is_owner && m.role == ProjectRole::Owner));
     s.remove_member(&alice, &client(), p, "alice@example.com").await.unwrap();
     assert_eq!(s.project(&alice, p).await.unwrap_err().kind(), ErrorKind::NotFound);
+    // A stranger learns nothing about accounts from a project they cannot see.
+    for who in ["bob@example.com", "nobody@example.com"] {
+        let err = s.remove_member(&carol, &client(), p, who).await.unwrap_err();
+        assert_eq!((err.kind(), err.message()), (ErrorKind::NotFound, "no such project"));
+    }
     assert_eq!(s.remove_member(&bob, &client(), p, "carol@example.com").await.unwrap_err().kind(), ErrorKind::NotFound);
     let _ = carol;
 
@@ -393,10 +398,24 @@ async fn delete_restore_and_move_files_and_folders(postgres: bool, backend: Back
     assert_eq!(s.move_file(&alice, &client(), p, "ghost", "x", None).await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(read(&i.cx, &alice, p, "other.txt", None).await.unwrap(), b"o");
 
+    // An expected version is for a file, not a folder.
+    let err = s.delete_file(&alice, &client(), p, "lib", Some(7), None).await.unwrap_err();
+    assert!(err.kind() == ErrorKind::InvalidInput && err.message().contains("not a file"), "{}", err.message());
     // Deleting a folder deletes its files in one version.
     let v = s.delete_file(&alice, &client(), p, "lib", None, None).await.unwrap();
     assert!(s.list_files(&alice, p, "lib", None, false).await.is_err());
     assert_eq!(s.list_files(&alice, p, "lib", Some(v - 1), true).await.unwrap().len(), 2);
+
+    // A move whose targets include one of its own sources: one write of that path.
+    put(&i.cx, &alice, p, "n/b/n", "first").await.unwrap();
+    put(&i.cx, &alice, p, "n/b/b/n", "second").await.unwrap();
+    s.move_file(&alice, &client(), p, "n/b", "n", None).await.unwrap();
+    assert_eq!(read(&i.cx, &alice, p, "n/n", None).await.unwrap(), b"first");
+    assert_eq!(read(&i.cx, &alice, p, "n/b/n", None).await.unwrap(), b"second");
+    assert_eq!(read(&i.cx, &alice, p, "n/b/b/n", None).await.unwrap_err().kind(), ErrorKind::NotFound);
+    // Onto a file: refused.
+    let onto = s.move_file(&alice, &client(), p, "n/n", "n/b/n", None).await.unwrap_err();
+    assert_eq!(onto.kind(), ErrorKind::Conflict);
 }
 
 async fn a_path_is_a_file_or_a_folder_never_both(postgres: bool, backend: Backend) {

@@ -77,6 +77,15 @@ async fn files_go_up_and_come_down_with_versions_etags_and_ranges() {
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()["content-range"], "bytes 6-13/38");
     assert_eq!(r.text().await.unwrap(), "<script>");
+    // A resumed download of another version gets the whole file.
+    let r = s
+        .req(M::GET, file("site/index.html"))
+        .header("range", "bytes=6-13")
+        .header("if-range", "\"v0\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let r = s.req(M::GET, file("site/index.html")).header("range", "bytes=100-").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */38");

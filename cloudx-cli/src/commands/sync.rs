@@ -96,8 +96,8 @@ fn walk(dir: &Path) -> anyhow::Result<Local> {
                 continue;
             };
             let path = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
-            if path == STATE_DIR {
-                continue;
+            if path == STATE_DIR || (name.starts_with('.') && name.contains(".cloudx-") && name.ends_with(".part")) {
+                continue; // the sync state, and what an interrupted download left
             }
             let kind = entry.file_type()?;
             if kind.is_dir() {
@@ -134,6 +134,8 @@ async fn remote_files(client: &Client, project: Uuid) -> anyhow::Result<Remote> 
     Ok(tree
         .entries
         .into_iter()
+        // `.cloudx/` is this folder's sync state: a project's files there are never synced.
+        .filter(|e| e.path != STATE_DIR && !e.path.starts_with(".cloudx/"))
         .filter_map(|e| Some((e.path, Base { version: e.version, sha256: e.sha256? })))
         .collect())
 }
@@ -177,34 +179,36 @@ pub(crate) async fn push(args: SyncArgs) -> anyhow::Result<()> {
     let remote = remote_files(&client, project.id).await?;
     let base = std::mem::take(&mut state.files);
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
-    let mut next = BTreeMap::new();
+    // What both sides agree on after this run: the base, changed path by path as they are
+    // dealt with, so that an error part-way keeps the base of every path not reached.
+    let mut next = base.clone();
     for path in paths(&local, &base, &remote) {
         let (l, b, r) = (local.get(path), base.get(path), remote.get(path));
         match (l, r) {
             (Some(l), Some(r)) if *l == r.sha256 => {
                 next.insert(path.clone(), r.clone());
             }
+            (Some(_), _)
+                if cloudx_core::storage::ProjectPath::parse(path).map(|p| p.as_str() != path).unwrap_or(true) =>
+            {
+                let why = match cloudx_core::storage::ProjectPath::parse(path) {
+                    Err(e) => e.message().to_owned(),
+                    Ok(_) => "its name is not in Unicode normal form C; rename it".to_owned(),
+                };
+                conflicts.push(format!("{path}: cannot be sent: {why}"));
+            }
             (Some(l), remote_now) => {
                 let expected = match (b, remote_now) {
                     (None, None) => Some(0),
                     (Some(b), Some(r)) if b.version == r.version => Some(r.version),
-                    (Some(b), Some(_)) if b.sha256 == *l => {
-                        next.insert(path.clone(), b.clone());
-                        continue; // only the project changed it: `pull` brings it
-                    }
-                    (Some(b), None) if b.sha256 == *l => {
-                        next.insert(path.clone(), b.clone());
-                        continue; // deleted in the project: `pull` deletes it here
-                    }
+                    // Only the project changed it, or deleted it: `pull` brings that.
+                    (Some(b), _) if b.sha256 == *l => continue,
                     (Some(_), None) => {
                         conflicts.push(format!("{path}: changed here, deleted in the project"));
                         continue;
                     }
                     (_, Some(_)) => {
                         conflicts.push(format!("{path}: changed here and in the project"));
-                        if let Some(b) = b {
-                            next.insert(path.clone(), b.clone());
-                        }
                         continue;
                     }
                 };
@@ -223,8 +227,10 @@ pub(crate) async fn push(args: SyncArgs) -> anyhow::Result<()> {
                         conflicts.push(format!("{path}: the project changed it meanwhile"));
                     }
                     Err(e) => {
-                        state.files = next;
-                        save_state(&args.dir, &state)?;
+                        if !args.dry_run {
+                            state.files = next;
+                            save_state(&args.dir, &state)?;
+                        }
                         return Err(e.into());
                     }
                 }
@@ -238,18 +244,25 @@ pub(crate) async fn push(args: SyncArgs) -> anyhow::Result<()> {
                     match client.delete_file(project.id, path, Some(r.version), Some("deleted by cloudx push")).await {
                         Ok(v) => {
                             print(&format!("deleted {path} in the project (version {v})\n"));
+                            next.remove(path);
                             done += 1;
                         }
                         Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
                             conflicts.push(format!("{path}: deleted here, changed in the project meanwhile"));
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => {
+                            state.files = next;
+                            save_state(&args.dir, &state)?;
+                            return Err(e.into());
+                        }
                     }
                 }
                 Some(_) => conflicts.push(format!("{path}: deleted here, changed in the project")),
                 None => {} // new in the project: `pull` brings it
             },
-            (None, None) => {}
+            (None, None) => {
+                next.remove(path);
+            }
         }
     }
     if !args.dry_run {
@@ -269,7 +282,8 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let remote = remote_files(&client, project.id).await?;
     let base = std::mem::take(&mut state.files);
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
-    let mut next = BTreeMap::new();
+    // As in `push`: the base, changed path by path.
+    let mut next = base.clone();
     for path in paths(&local, &base, &remote) {
         let (l, b, r) = (local.get(path), base.get(path), remote.get(path));
         match (r, l) {
@@ -280,19 +294,13 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                 let fetch = match (b, local_now) {
                     (None, None) => true,
                     (Some(b), Some(l)) if b.sha256 == *l => true,
-                    (Some(b), _) if b.version == r.version => {
-                        next.insert(path.clone(), b.clone());
-                        false // only this folder changed it: `push` sends it
-                    }
+                    (Some(b), _) if b.version == r.version => false, // only this folder changed it: `push` sends it
                     (Some(_), None) => {
                         conflicts.push(format!("{path}: deleted here, changed in the project"));
                         false
                     }
                     (_, Some(_)) => {
                         conflicts.push(format!("{path}: changed here and in the project"));
-                        if let Some(b) = b {
-                            next.insert(path.clone(), b.clone());
-                        }
                         false
                     }
                 };
@@ -304,7 +312,14 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let file = local_path(&args.dir, path)?;
-                let got = client.get_file(project.id, path, Some(r.version), &file).await?;
+                let got = match client.get_file(project.id, path, Some(r.version), &file).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        state.files = next;
+                        save_state(&args.dir, &state)?;
+                        return Err(e.into());
+                    }
+                };
                 print(&format!("fetched {path} (version {})\n", got.version));
                 next.insert(path.clone(), r.clone());
                 done += 1;
@@ -317,12 +332,15 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                     }
                     std::fs::remove_file(local_path(&args.dir, path)?).with_context(|| format!("deleting {path}"))?;
                     print(&format!("deleted {path} here (deleted in the project)\n"));
+                    next.remove(path);
                     done += 1;
                 }
                 Some(_) => conflicts.push(format!("{path}: changed here, deleted in the project")),
                 None => {} // new here: `push` sends it
             },
-            (None, None) => {}
+            (None, None) => {
+                next.remove(path);
+            }
         }
     }
     if !args.dry_run {

@@ -196,7 +196,9 @@ impl Storage {
         })
         .await
         .map_err(|e| Error::internal("the unpacking thread failed", e))??;
-        let Unpacked { entries, skipped } = unpacked;
+        // Unpacking may have taken long: the caller may have lost the right to write meanwhile.
+        self.access(actor, project, ProjectAction::Write, false).await?;
+        let Unpacked { entries, skipped, .. } = unpacked;
         let (files, bytes) = (entries.len() as u64, entries.iter().map(|(_, s)| s.size).sum());
         let blobs: Vec<BlobId> = entries.iter().map(|(_, s)| s.id).collect();
         let lease = self.lease(&blobs).await?;
@@ -235,16 +237,28 @@ struct Unpack {
     files: usize,
 }
 
+#[derive(Default)]
 struct Unpacked {
     entries: Vec<(ProjectPath, Spooled)>,
+    index: std::collections::HashMap<ProjectPath, usize>,
+    bytes: u64,
     skipped: Vec<String>,
 }
 
 impl Unpacked {
     fn add(&mut self, path: ProjectPath, spooled: Spooled, limits: Unpack) -> Result<()> {
+        self.bytes += spooled.size;
         // A later entry of the same path replaces an earlier one, as tar does.
-        self.entries.retain(|(p, _)| *p != path);
-        self.entries.push((path, spooled));
+        match self.index.get(&path) {
+            Some(&i) => {
+                self.bytes -= self.entries[i].1.size;
+                self.entries[i].1 = spooled;
+            }
+            None => {
+                self.index.insert(path.clone(), self.entries.len());
+                self.entries.push((path, spooled));
+            }
+        }
         if self.entries.len() > limits.files {
             return Err(Error::new(
                 ErrorKind::QuotaExceeded,
@@ -255,7 +269,7 @@ impl Unpacked {
     }
 
     fn remaining(&self, limits: Unpack) -> u64 {
-        limits.total.saturating_sub(self.entries.iter().map(|(_, s)| s.size).sum())
+        limits.total.saturating_sub(self.bytes)
     }
 }
 
@@ -271,7 +285,7 @@ fn read_tar(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
     let file = std::fs::File::open(archive.path()).map_err(|e| Error::internal("cannot reopen the upload", e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let bad = |e: std::io::Error| Error::invalid(format!("not a tar.gz archive, or a damaged one: {e}"));
-    let mut out = Unpacked { entries: Vec::new(), skipped: Vec::new() };
+    let mut out = Unpacked::default();
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let name = String::from_utf8(entry.path_bytes().into_owned())
@@ -298,7 +312,7 @@ fn read_zip(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
     let file = std::fs::File::open(archive.path()).map_err(|e| Error::internal("cannot reopen the upload", e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::invalid(format!("not a zip archive, or a damaged one: {e}")))?;
-    let mut out = Unpacked { entries: Vec::new(), skipped: Vec::new() };
+    let mut out = Unpacked::default();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| Error::invalid(format!("the zip archive is damaged: {e}")))?;
         let name = entry

@@ -209,8 +209,8 @@ impl Blobs {
         expected: Option<u64>,
     ) -> Result<Spooled> {
         let file = TempFile::create(&self.spool_dir)?;
-        // Bodies arrive in chunks of a few KiB (hyper's read buffer is the header limit): they
-        // cross to the writing thread in batches of about 1 MiB, so that thread wakes rarely.
+        // Bodies arrive in chunks of up to 256 KiB (hyper's read buffer): they cross to the
+        // writing thread in batches of about 1 MiB, so that thread wakes rarely.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
         let path = file.path.clone();
         let durable = self.local_root.is_some();

@@ -152,6 +152,11 @@ impl Change {
     pub(super) fn delete(path: ProjectPath, expected: Option<i64>) -> Self {
         Change { path, blob: None, expected }
     }
+
+    /// The blob a write stores.
+    pub(super) fn blob(&self) -> Option<BlobId> {
+        self.blob.map(|(id, _)| id)
+    }
 }
 
 /// The outcome of a commit: the version it made (or the head, when nothing changed) and each
@@ -243,6 +248,8 @@ impl Storage {
             limits.check(declared)?;
         }
         let spooled = self.blobs.spool(body, limits, options.declared_size).await?;
+        // The upload may have taken long: the caller may have lost the right to write meanwhile.
+        self.access(actor, project, ProjectAction::Write, false).await?;
         let (blob, size) = (spooled.id, spooled.size);
         let lease = self.lease(&[blob]).await?;
         let committed = async {
@@ -398,6 +405,10 @@ impl Storage {
         self.access(actor, project, ProjectAction::Write, false).await?;
         let changes = if self.current(project, &path).await?.is_some() {
             vec![Change::delete(path.clone(), expected_version)]
+        } else if expected_version.is_some() {
+            return Err(Error::invalid(format!(
+                "`{path}` is not a file: an expected version applies to a file, not a folder"
+            )));
         } else {
             let inside = self.tree(project, &Folder::from(path.clone()), None).await?;
             if inside.is_empty() {
@@ -492,8 +503,8 @@ impl Storage {
         if from == to || Folder::from(from.clone()).contains(to.as_str()) {
             return Err(Error::new(ErrorKind::Conflict, format!("cannot move `{from}` onto or into itself")));
         }
-        let sources: Vec<(ProjectPath, BlobId, u64)> = match self.current(project, &from).await? {
-            Some(file) => vec![(from.clone(), file.blob, file.size)],
+        let sources: Vec<(ProjectPath, BlobId, u64, i64)> = match self.current(project, &from).await? {
+            Some(file) => vec![(from.clone(), file.blob, file.size, file.version)],
             None => {
                 let inside = self.tree(project, &Folder::from(from.clone()), None).await?;
                 if inside.is_empty() {
@@ -507,23 +518,30 @@ impl Storage {
                             .as_deref()
                             .and_then(BlobId::parse)
                             .ok_or_else(|| Error::new(ErrorKind::Internal, "a file names no blob"))?;
-                        Ok((ProjectPath::parse(&f.path)?, blob, f.size))
+                        Ok((ProjectPath::parse(&f.path)?, blob, f.size, f.version))
                     })
                     .collect::<Result<_>>()?
             }
         };
         let mut changes = Vec::with_capacity(sources.len() * 2);
-        for (path, blob, size) in sources {
-            let target = path.rebase(&from, &to)?;
-            changes.push(Change::delete(path, None));
-            changes.push(Change::put(target, blob, size, Some(0)));
+        // Each source must still be as read, each target must not exist: a write that lands in
+        // between is not lost.
+        // Every deletion before every write: a target that is also a source is written, not lost.
+        let mut puts = Vec::with_capacity(sources.len());
+        for (path, blob, size, version) in sources {
+            puts.push(Change::put(path.rebase(&from, &to)?, blob, size, Some(0)));
+            changes.push(Change::delete(path, Some(version)));
         }
-        let committed = self.commit(project, actor.user_id(), changes, message).await.map_err(|e| {
-            if e.kind() == ErrorKind::PreconditionFailed {
-                Error::new(ErrorKind::Conflict, format!("`{to}` exists already; move or delete it first"))
-            } else {
-                e
+        changes.extend(puts);
+        let committed = self.commit(project, actor.user_id(), changes, message).await.map_err(|e| match e.kind() {
+            ErrorKind::PreconditionFailed if e.message().contains("exists already") => {
+                Error::new(ErrorKind::Conflict, format!("{}; move or delete it first", e.message()))
             }
+            ErrorKind::PreconditionFailed => Error::new(
+                ErrorKind::Conflict,
+                format!("`{from}` changed while it was being moved; try again ({})", e.message()),
+            ),
+            _ => e,
         })?;
         self.audit(
             actor,
@@ -714,6 +732,7 @@ impl Storage {
             return Err(Error::invalid("message: at most 4000 characters"));
         }
         let message = message.map(str::trim).filter(|m| !m.is_empty());
+        let changes = merge_changes(changes);
         let at = now();
         let config_bytes = self.config.project_quota_bytes.as_u64();
         let config_files = self.config.project_quota_files;
@@ -924,6 +943,27 @@ impl Storage {
             TxError::Db(e) => db_error("recording the new version", e),
         })
     }
+}
+
+/// One change per path: a later change of a path replaces an earlier one (a move that deletes a
+/// path and writes it again is one write), keeping the earlier one's expected version, which is
+/// about the state before the commit.
+fn merge_changes(changes: Vec<Change>) -> Vec<Change> {
+    let mut index: std::collections::HashMap<ProjectPath, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for change in changes {
+        match index.get(&change.path) {
+            Some(&i) => {
+                let expected = out[i].expected.or(change.expected);
+                out[i] = Change { expected, ..change };
+            }
+            None => {
+                index.insert(change.path.clone(), out.len());
+                out.push(change);
+            }
+        }
+    }
+    out
 }
 
 struct Current {

@@ -21,8 +21,9 @@ use crate::principal::Principal;
 
 /// A lease older than this belongs to a write that died: it no longer protects its blob.
 const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-/// Blobs checked and deleted per critical section.
-const BATCH: usize = 256;
+/// Blobs checked and deleted per critical section, which holds up every writer (on SQLite) or
+/// every upload (on Postgres): small, so that a slow object store cannot stall them for long.
+const BATCH: usize = 32;
 
 impl Storage {
     /// Deletes unreferenced blobs older than `storage.gc_grace` and stale temporary files

@@ -81,7 +81,7 @@ impl Storage {
     }
 
     /// Loads the project and checks that `actor` may do `action` to it. A deleted project is
-    /// only visible to `Manage` (to restore it) when `deleted_ok`.
+    /// visible only when `deleted_ok` (its settings, to restore it); its files never are.
     async fn access(&self, actor: &Principal, id: Uuid, action: ProjectAction, deleted_ok: bool) -> Result<Access> {
         let found = projects::load(&self.db, &self.config, id, actor.user_id()).await?;
         let Some(access) = found else {

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::files::Change;
 use super::{Access, Storage, now, to_i64, to_u64, unique_violation};
-use crate::access::{ProjectAction, ProjectRole};
+use crate::access::{ProjectAction, ProjectRole, check_project};
 use crate::auth::audit::{self, Client, Event, Outcome};
 use crate::config::StorageConfig;
 use crate::db::{Database, db_error};
@@ -244,8 +244,9 @@ impl Storage {
         let description = check_description(new.description.as_deref().unwrap_or(""))?;
         let explicit_slug = new.slug.as_deref().map(check_slug).transpose()?;
         let base_slug = explicit_slug.clone().unwrap_or_else(|| slugify(&name));
-        // What it starts with, checked before anything is written.
-        let mut lease = None;
+        // What it starts with, checked (and a template's files spooled) before anything is
+        // written; the blobs are leased and published once the project exists.
+        let mut spooled = Vec::new();
         let initial: Vec<Change> = match (&new.template, new.copy_from) {
             (Some(_), Some(_)) => return Err(Error::invalid("give either a template or a project to copy, not both")),
             (None, Some(source)) => {
@@ -261,20 +262,10 @@ impl Storage {
                     ))
                 })?;
                 let mut changes = Vec::with_capacity(template.files.len());
-                let mut spooled = Vec::with_capacity(template.files.len());
                 for (path, content) in template.files {
                     let file = self.blobs.spool_bytes(bytes::Bytes::from_static(content.as_bytes())).await?;
                     changes.push(Change::put(super::ProjectPath::parse(path)?, file.id, file.size, None));
                     spooled.push(file);
-                }
-                // Leased until the commit: garbage collection must not take a blob that
-                // existed unreferenced before this write found it.
-                let blobs: Vec<_> = spooled.iter().map(|s| s.id).collect();
-                let id = self.lease(&blobs).await?;
-                lease = Some(id);
-                if let Err(e) = self.blobs.publish_many(spooled).await {
-                    self.release(id).await;
-                    return Err(e);
                 }
                 changes
             }
@@ -307,10 +298,20 @@ impl Storage {
                 (template, None) => format!("created from the `{}` template", template.as_deref().unwrap_or("empty")),
             };
             let author = actor.user_id().or(Some(owner));
-            let committed = self.commit(id, author, initial, Some(&message)).await;
-            if let Some(lease) = lease {
-                self.release(lease).await;
-            }
+            // Leased until the commit: garbage collection must not take a blob that existed
+            // unreferenced before this write found it, nor a copied one whose source is purged.
+            let blobs = initial.iter().filter_map(Change::blob).collect::<Vec<_>>();
+            let committed = match self.lease(&blobs).await {
+                Ok(lease) => {
+                    let done = match self.blobs.publish_many(spooled).await {
+                        Ok(()) => self.commit(id, author, initial, Some(&message)).await,
+                        Err(e) => Err(e),
+                    };
+                    self.release(lease).await;
+                    done
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = committed {
                 // Nothing of a project that could not be filled stays behind.
                 let _ = on_db!(&self.db, |pool| sqlx::query("DELETE FROM projects WHERE id = $1")
@@ -572,12 +573,13 @@ impl Storage {
     /// # Errors
     /// [`ErrorKind::Conflict`] for the project's owner, [`ErrorKind::NotFound`] for a non-member.
     pub async fn remove_member(&self, actor: &Principal, client: &Client, id: Uuid, user: &str) -> Result<()> {
+        // Whether the project is visible comes first: a stranger learns nothing about accounts.
+        let access = self.access(actor, id, ProjectAction::Read, false).await?;
         let user_id = self.resolve_user(user).await?;
-        let leaving = actor.user_id() == Some(user_id);
-        let action = if leaving { ProjectAction::Read } else { ProjectAction::Manage };
-        let access = self.access(actor, id, action, false).await?;
-        if leaving {
-            actor.require(Scopes::WRITE)?;
+        if actor.user_id() == Some(user_id) {
+            actor.require(Scopes::WRITE)?; // leaving
+        } else {
+            check_project(actor, access.role, ProjectAction::Manage)?;
         }
         if user_id == access.project.owner_id {
             return Err(Error::new(

@@ -178,7 +178,7 @@ impl Client {
         }
         let read_error = |e: std::io::Error| Error::invalid(format!("cannot read {}: {e}", local.display()));
         let response = self
-            .exchange_with(Method::PUT, url, true, |request| {
+            .transfer(Method::PUT, url, |request| {
                 let file = std::fs::File::open(local).map_err(read_error)?;
                 let length = file.metadata().map_err(read_error)?.len();
                 let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
@@ -201,7 +201,7 @@ impl Client {
         if let Some(v) = version {
             url.query_pairs_mut().append_pair("version", &v.to_string());
         }
-        let response = self.exchange_with(Method::GET, url, true, Ok).await?;
+        let response = self.transfer(Method::GET, url, Ok).await?;
         let version = response
             .headers()
             .get("x-cloudx-version")
@@ -221,7 +221,11 @@ impl Client {
             );
             let mut size = 0u64;
             let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = tokio::time::timeout(super::TIMEOUT, body.next()).await.map_err(|_| {
+                    Error::new(ErrorKind::Unavailable, format!("the daemon at {} stopped sending", self.base))
+                })?;
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| unreachable_daemon(&self.base, &e))?;
                 size += chunk.len() as u64;
                 out.write_all(&chunk).await.map_err(write_error)?;

@@ -54,11 +54,17 @@ impl std::fmt::Debug for Credential {
 
 type OnRefresh = Arc<dyn Fn(&Tokens) + Send + Sync>;
 
+/// How long an API call may wait for its answer; a file download, for each of its chunks.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A client of one daemon.
 #[derive(Clone)]
 pub struct Client {
     base: reqwest::Url,
     http: reqwest::Client,
+    /// For file transfers: no read timeout, which reqwest applies until the answer's head
+    /// arrives, so it would cut off any upload longer than itself.
+    transfers: reqwest::Client,
     credential: Arc<Mutex<Credential>>,
     on_refresh: Option<OnRefresh>,
 }
@@ -86,14 +92,17 @@ impl Client {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cloudx/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            // Between reads, not in all: a file transfer takes as long as its size needs.
-            .read_timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Self { base, http, credential: Arc::new(Mutex::new(Credential::Anonymous)), on_refresh: None })
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("cloudx/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10))
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up the HTTP client: {e}")))
+        };
+        let http = built(builder().read_timeout(TIMEOUT))?;
+        let transfers = built(builder())?;
+        Ok(Self { base, http, transfers, credential: Arc::new(Mutex::new(Credential::Anonymous)), on_refresh: None })
     }
 
     /// Uses `credential` from now on.
@@ -289,10 +298,31 @@ impl Client {
         authenticated: bool,
         build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
     ) -> Result<reqwest::Response> {
+        self.exchange_via(&self.http, method, url, authenticated, build).await
+    }
+
+    /// [`exchange_with`](Self::exchange_with) on the client for file transfers.
+    async fn transfer(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<reqwest::Response> {
+        self.exchange_via(&self.transfers, method, url, true, build).await
+    }
+
+    async fn exchange_via(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        url: reqwest::Url,
+        authenticated: bool,
+        build: impl Fn(reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<reqwest::Response> {
         let mut refreshed = false;
         loop {
             let credential = self.credential();
-            let mut request = self.http.request(method.clone(), url.clone());
+            let mut request = http.request(method.clone(), url.clone());
             if authenticated {
                 match &credential {
                     Credential::Anonymous => {}

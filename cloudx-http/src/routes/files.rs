@@ -98,7 +98,10 @@ async fn get_file(
         HeaderValue::from_str(&file.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     out.insert(header::CONTENT_DISPOSITION, attachment(&file.path));
-    let range = match headers.get(header::RANGE).map(|r| parse_range(r, file.size)) {
+    // A range of what the client has: with `If-Range` naming another version, the whole file.
+    let same_version =
+        headers.get(header::IF_RANGE).is_none_or(|v| v.to_str().ok().and_then(parse_strong_etag) == Some(file.version));
+    let range = match headers.get(header::RANGE).filter(|_| same_version).map(|r| parse_range(r, file.size)) {
         None | Some(RangeAsk::Whole) => None,
         Some(RangeAsk::Part(range)) => Some(range),
         Some(RangeAsk::Unsatisfiable) => {
@@ -344,7 +347,7 @@ async fn restore_file(
 pub(crate) struct Move {
     /// The file or folder to move.
     from: String,
-    /// Where to: must not exist.
+    /// Where to: no file may be there (a folder there is merged into).
     to: String,
     /// A message kept with the version.
     #[serde(default)]
@@ -504,8 +507,12 @@ fn etag_matches(value: &HeaderValue, version: i64) -> bool {
 }
 
 fn parse_etag(tag: &str) -> Option<i64> {
-    let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    tag.strip_prefix("\"v")?.strip_suffix('"')?.parse().ok()
+    parse_strong_etag(tag.strip_prefix("W/").unwrap_or(tag))
+}
+
+/// A strong ETag of this API (`"v3"`): what `If-Match` and `If-Range` compare with.
+fn parse_strong_etag(tag: &str) -> Option<i64> {
+    tag.trim().strip_prefix("\"v")?.strip_suffix('"')?.parse().ok()
 }
 
 /// The version a write expects, from `If-Match`, `If-None-Match: *` or the query.
@@ -517,7 +524,7 @@ fn expected_version(headers: &HeaderMap, query: Option<i64>) -> Result<Option<i6
         )
     };
     let from_header = match (headers.get(header::IF_MATCH), headers.get(header::IF_NONE_MATCH)) {
-        (Some(m), _) => Some(m.to_str().ok().and_then(|t| parse_etag(t.trim())).ok_or_else(bad)?),
+        (Some(m), _) => Some(m.to_str().ok().and_then(parse_strong_etag).ok_or_else(bad)?),
         (None, Some(n)) if n.as_bytes() == b"*" => Some(0),
         (None, Some(_)) => return Err(bad()),
         (None, None) => None,
@@ -547,7 +554,7 @@ fn parse_range(value: &HeaderValue, size: u64) -> RangeAsk {
     let Some((start, end)) = spec.trim().split_once('-') else { return RangeAsk::Whole };
     let (start, end) = (start.trim(), end.trim());
     let range = match (start.parse::<u64>(), end.parse::<u64>()) {
-        (Ok(s), Ok(e)) if s <= e => s..(e + 1).min(size),
+        (Ok(s), Ok(e)) if s <= e => s..e.saturating_add(1).min(size),
         (Ok(_), Ok(_)) => return RangeAsk::Whole,
         (Ok(s), Err(_)) if end.is_empty() => s..size,
         (Err(_), Ok(n)) if start.is_empty() => size.saturating_sub(n)..size,
@@ -624,6 +631,11 @@ mod tests {
     fn etags_and_preconditions() {
         assert_eq!(parse_etag("\"v12\""), Some(12));
         assert_eq!(parse_etag("W/\"v3\""), Some(3));
+        assert_eq!(parse_strong_etag("W/\"v3\""), None, "If-Match compares strongly");
+        assert!(matches!(
+            parse_range(&HeaderValue::from_static("bytes=0-18446744073709551615"), 100),
+            RangeAsk::Part(x) if x == (0..100)
+        ));
         assert!(etag_matches(&HeaderValue::from_static("\"v1\", \"v2\""), 2));
         let mut headers = HeaderMap::new();
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
