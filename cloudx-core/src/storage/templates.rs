@@ -57,3 +57,49 @@ pub(super) const ALL: &[Builtin] = &[
 pub(super) fn find(name: &str) -> Option<&'static Builtin> {
     ALL.iter().find(|t| t.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each template, written out, passes its own test with nothing but its language's tools,
+    /// offline.
+    #[test]
+    fn every_template_passes_its_own_test_offline() {
+        let runs: [(&str, &[&str]); 3] = [
+            ("python", &["python3", "-m", "unittest", "-q"]),
+            ("node", &["node", "--test"]),
+            ("rust", &["cargo", "test", "--offline", "-q"]),
+        ];
+        for (name, command) in runs {
+            let template = find(name).expect("a template");
+            let dir = tempfile::tempdir().unwrap();
+            for (path, content) in template.files {
+                let file = dir.path().join(path);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, content).unwrap();
+            }
+            let mut cmd = std::process::Command::new(command[0]);
+            cmd.args(&command[1..]).current_dir(dir.path()).env("CARGO_TARGET_DIR", dir.path().join("target"));
+            let out = match cmd.output() {
+                Ok(out) => out,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "{} is needed in CI to check the {name} template",
+                        command[0]
+                    );
+                    eprintln!("note: {} is not installed; the {name} template was not run", command[0]);
+                    continue;
+                }
+                Err(e) => panic!("{name}: {e}"),
+            };
+            assert!(
+                out.status.success(),
+                "the {name} template's test fails:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
