@@ -5,8 +5,8 @@
 //! `O_DIRECT`, which is what `cp`'s in-kernel `copy_file_range` achieves). So a spooled upload
 //! on the local backend is gathered into page-aligned buffers, which a writer thread of its own
 //! writes with `O_DIRECT` while the next buffer fills; the unaligned tail goes through the page
-//! cache, then the file is fsynced. File systems that refuse `O_DIRECT` (tmpfs) get the same
-//! code on a buffered descriptor.
+//! cache, then the file is fsynced. File systems that refuse `O_DIRECT` (tmpfs at open, some
+//! others at the first write) get the same code on a buffered descriptor.
 
 use std::io;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
@@ -76,7 +76,7 @@ impl DirectWriter {
         let path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("cloudx-spool".into())
-            .spawn(move || write_buffers(&file, &path, &full_rx, &free_tx))?;
+            .spawn(move || write_buffers(file, &path, &full_rx, &free_tx))?;
         let first = match expected {
             Some(n) if n < BUFFER as u64 => (usize::try_from(n).unwrap_or(BUFFER) / ALIGN + 1) * ALIGN,
             _ => BUFFER,
@@ -155,16 +155,25 @@ impl Drop for DirectWriter {
 /// The writer thread: each full buffer at the next offset, then the last one (aligned part
 /// direct, tail buffered), then fsync.
 fn write_buffers(
-    file: &std::fs::File,
+    mut file: std::fs::File,
     path: &PathBuf,
     full: &Receiver<Piece>,
     free: &SyncSender<Aligned>,
 ) -> io::Result<()> {
     let mut offset = 0u64;
+    // Some file systems accept `O_DIRECT` at open and refuse the writes: then the rest of the
+    // file goes through the page cache.
+    let write_at = |file: &mut std::fs::File, data: &[u8], at: u64| match file.write_all_at(data, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            *file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.write_all_at(data, at)
+        }
+        other => other,
+    };
     while let Ok(piece) = full.recv() {
         let (buffer, len) = match piece {
             Piece::Full(buffer) => {
-                file.write_all_at(buffer.bytes(), offset)?;
+                write_at(&mut file, buffer.bytes(), offset)?;
                 offset += buffer.len as u64;
                 let _ = free.try_send(buffer);
                 continue;
@@ -173,7 +182,7 @@ fn write_buffers(
         };
         let aligned = len / ALIGN * ALIGN;
         if aligned > 0 {
-            file.write_all_at(&buffer.bytes()[..aligned], offset)?;
+            write_at(&mut file, &buffer.bytes()[..aligned], offset)?;
         }
         if len > aligned {
             let tail = std::fs::OpenOptions::new().write(true).open(path)?;
