@@ -49,10 +49,12 @@ pub(crate) enum Command {
     /// Manage your API keys on the daemon you signed in to.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
-    /// Projects on the daemon you signed in to: create, list, share, delete, restore.
+    /// Projects (on the daemon you signed in to, else on this instance): create, list, share,
+    /// delete, restore.
     #[command(subcommand)]
     Project(ProjectCommand),
-    /// Files of a project on the daemon you signed in to: upload, download, list, history.
+    /// Files of a project (on the daemon you signed in to, else on this instance): upload,
+    /// download, list, history.
     #[command(subcommand)]
     File(FileCommand),
     /// Send a folder's changes to a project (only changed files; conflicts are reported, never
@@ -88,6 +90,9 @@ pub(crate) enum ProjectCommand {
         /// Start as a copy of this project's current files.
         #[arg(long, value_name = "PROJECT")]
         copy_from: Option<ProjectRef>,
+        /// Whose project it is (the local instance only; a daemon makes you the owner).
+        #[arg(long, value_name = "EMAIL")]
+        owner: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

@@ -72,19 +72,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Project(command) => {
             init_logging(Profile::Dev, "warn");
-            runtime()?.block_on(commands::projects::project(command))
+            runtime()?.block_on(commands::projects::project(command, &global))
         }
         Command::File(command) => {
             init_logging(Profile::Dev, "warn");
-            runtime()?.block_on(commands::projects::file(command))
+            runtime()?.block_on(commands::projects::file(command, &global))
         }
         Command::Push(args) => {
             init_logging(Profile::Dev, "warn");
-            runtime()?.block_on(commands::sync::push(args))
+            runtime()?.block_on(commands::sync::push(args, &global))
         }
         Command::Pull(args) => {
             init_logging(Profile::Dev, "warn");
-            runtime()?.block_on(commands::sync::pull(args))
+            runtime()?.block_on(commands::sync::pull(args, &global))
         }
         Command::Storage(command) => {
             let config = commands::load_config(&global, |l| l)?;

@@ -489,3 +489,35 @@ async fn projects_files_push_and_pull_through_the_daemon() {
     let gc = text(&run(cloudx(dir.path()).args(["storage", "gc"])).stdout);
     assert!(gc.contains("deleted 0"), "{gc}");
 }
+
+#[tokio::test]
+async fn without_a_login_projects_and_files_act_on_the_local_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = run_with_stdin(
+        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(args);
+        run(&mut cmd)
+    };
+    let out = cli(&["project", "create", "Local Work", "--template", "rust"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--owner EMAIL"), "{}", text(&out.stderr));
+    let out = cli(&["project", "create", "Local Work", "--template", "rust", "--owner", "root@example.com"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&cli(&["project", "list"]).stdout).contains("local-work"));
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, "kept locally\n").unwrap();
+    assert!(cli(&["file", "put", "local-work", note.to_str().unwrap(), "docs/note.txt"]).status.success());
+    let work = dir.path().join("work");
+    let out = cli(&["pull", "local-work", work.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(work.join("docs/note.txt")).unwrap(), "kept locally\n");
+    assert!(work.join("src/lib.rs").exists());
+    // The writes are the local operator's, in the audit log of the instance.
+    let audit = text(&cli(&["audit", "list"]).stdout);
+    assert!(audit.contains("file_write") && audit.contains("project_create"), "{audit}");
+}

@@ -5,6 +5,7 @@ pub(crate) mod projects;
 pub(crate) mod remote;
 pub(crate) mod serve;
 pub(crate) mod sync;
+pub(crate) mod target;
 pub(crate) mod users;
 
 use anyhow::Context as _;

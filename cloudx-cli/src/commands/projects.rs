@@ -1,23 +1,22 @@
-//! `cloudx project ...` and `cloudx file ...` (on the daemon you signed in to) and
-//! `cloudx storage gc` (on this instance's database and object store).
+//! `cloudx project ...` and `cloudx file ...` (on the daemon you signed in to, else on this
+//! instance) and `cloudx storage gc` (on this instance's database and object store).
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use cloudx_core::storage::{NewProject, Project};
 use cloudx_core::{CloudxConfig, Error, ErrorKind, Principal, ProjectRole};
-use cloudx_http::client::Client;
 use uuid::Uuid;
 
-use crate::args::{FileCommand, ProjectCommand, StorageCommand};
-use crate::commands::remote;
+use crate::args::{FileCommand, GlobalArgs, ProjectCommand, StorageCommand};
+use crate::commands::target::Target;
 use crate::commands::users::table;
 use crate::print;
 
 /// Finds a project by id, or by slug among the caller's projects.
-pub(crate) async fn resolve(client: &Client, project: &str) -> anyhow::Result<Project> {
+pub(crate) async fn resolve(client: &Target, project: &str) -> anyhow::Result<Project> {
     if let Ok(id) = Uuid::parse_str(project) {
-        return Ok(client.project(id).await?);
+        return client.project(id).await;
     }
     let mut found = client.list_projects(false, false, Some(project)).await?;
     match found.len() {
@@ -39,15 +38,31 @@ fn size(bytes: u64) -> String {
 }
 
 /// `cloudx project ...`.
-pub(crate) async fn project(command: ProjectCommand) -> anyhow::Result<()> {
-    let client = remote::session()?;
+pub(crate) async fn project(command: ProjectCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let done = project_on(&client, command).await;
+    client.close().await;
+    done
+}
+
+async fn project_on(client: &Target, command: ProjectCommand) -> anyhow::Result<()> {
     match command {
-        ProjectCommand::Create { name, slug, description, template, copy_from, json } => {
+        ProjectCommand::Create { name, slug, description, template, copy_from, owner, json } => {
             let copy_from = match copy_from {
-                Some(p) => Some(resolve(&client, &p).await?.id),
+                Some(p) => Some(resolve(client, &p).await?.id),
                 None => None,
             };
-            let new = NewProject { name, slug, description, template, copy_from, owner_id: None };
+            let owner_id = match owner {
+                Some(email) => Some(client.user_id(&email).await?),
+                None if client.is_local() => {
+                    return Err(Error::invalid(
+                        "a project on this instance needs an owner: --owner EMAIL (or `cloudx login` to a daemon, which makes you the owner)",
+                    )
+                    .into());
+                }
+                None => None,
+            };
+            let new = NewProject { name, slug, description, template, copy_from, owner_id };
             let p = client.create_project(&new).await?;
             if json {
                 print(&format!("{}\n", serde_json::to_string_pretty(&p)?));
@@ -80,7 +95,7 @@ pub(crate) async fn project(command: ProjectCommand) -> anyhow::Result<()> {
             }
         }
         ProjectCommand::Show { project, json } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let members = client.members(p.id).await?;
             if json {
                 let both = serde_json::json!({"project": p, "members": members});
@@ -115,22 +130,22 @@ pub(crate) async fn project(command: ProjectCommand) -> anyhow::Result<()> {
         }
         ProjectCommand::Share { project, user, role } => {
             let role: ProjectRole = role.parse()?;
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let m = client.set_member(p.id, &user, role).await?;
             print(&format!("{} is now {} of {}\n", m.email, m.role, p.slug));
         }
         ProjectCommand::Unshare { project, user } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             client.remove_member(p.id, &user).await?;
             print(&format!("{user} is no longer a member of {}\n", p.slug));
         }
         ProjectCommand::Transfer { project, user } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             client.transfer_project(p.id, &user).await?;
             print(&format!("{} now belongs to {user}\n", p.slug));
         }
         ProjectCommand::Rm { project, purge } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             client.delete_project(p.id, purge).await?;
             if purge {
                 print(&format!("purged {} ({}) and its history\n", p.slug, p.id));
@@ -161,11 +176,17 @@ pub(crate) async fn project(command: ProjectCommand) -> anyhow::Result<()> {
 }
 
 /// `cloudx file ...`.
-pub(crate) async fn file(command: FileCommand) -> anyhow::Result<()> {
-    let client = remote::session()?;
+pub(crate) async fn file(command: FileCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let done = file_on(&client, command).await;
+    client.close().await;
+    done
+}
+
+async fn file_on(client: &Target, command: FileCommand) -> anyhow::Result<()> {
     match command {
         FileCommand::Put { project, local, path, expect_version, message } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let path = match path {
                 Some(path) => path,
                 None => local
@@ -178,7 +199,7 @@ pub(crate) async fn file(command: FileCommand) -> anyhow::Result<()> {
             print(&format!("{} at version {} ({})\n", v.path, v.version, size(v.size)));
         }
         FileCommand::Get { project, path, local, at: version } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let local = local.unwrap_or_else(|| PathBuf::from(path.rsplit('/').next().unwrap_or(&path)));
             if local.as_os_str() == "-" {
                 let temp = temp_file()?;
@@ -192,7 +213,7 @@ pub(crate) async fn file(command: FileCommand) -> anyhow::Result<()> {
             }
         }
         FileCommand::Ls { project, folder, recursive, at: version, json } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let tree = client.tree(p.id, &folder, version, recursive).await?;
             if json {
                 print(&format!("{}\n", serde_json::to_string_pretty(&tree)?));
@@ -212,7 +233,7 @@ pub(crate) async fn file(command: FileCommand) -> anyhow::Result<()> {
             }
         }
         FileCommand::Log { project, path, limit, json } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let history = client.history(p.id, &path, limit).await?;
             if json {
                 print(&format!("{}\n", serde_json::to_string_pretty(&history)?));
@@ -232,17 +253,17 @@ pub(crate) async fn file(command: FileCommand) -> anyhow::Result<()> {
             }
         }
         FileCommand::Rm { project, path, message } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let v = client.delete_file(p.id, &path, None, message.as_deref()).await?;
             print(&format!("deleted {path} at version {v}; `cloudx file restore` brings it back\n"));
         }
         FileCommand::Restore { project, path, at: version } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let v = client.restore_file(p.id, &path, version).await?;
             print(&format!("{} restored at version {}\n", v.path, v.version));
         }
         FileCommand::Mv { project, from, to, message } => {
-            let p = resolve(&client, &project).await?;
+            let p = resolve(client, &project).await?;
             let v = client.move_file(p.id, &from, &to, message.as_deref()).await?;
             print(&format!("moved {from} to {to} at version {v}\n"));
         }

@@ -98,6 +98,11 @@ fn client() -> anyhow::Result<(Client, Stored)> {
     Ok((client, stored))
 }
 
+/// Whether a login is stored (then project and file commands act on that daemon).
+pub(crate) fn signed_in() -> anyhow::Result<bool> {
+    Ok(credentials_path()?.exists())
+}
+
 /// A client acting with the stored session (for the commands that talk to a daemon).
 pub(crate) fn session() -> anyhow::Result<Client> {
     Ok(client()?.0)

@@ -11,16 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
+use crate::commands::target::Target;
 use anyhow::Context as _;
 use cloudx_core::{Error, ErrorKind};
-use cloudx_http::client::Client;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::args::{PullArgs, SyncArgs};
+use crate::args::{GlobalArgs, PullArgs, SyncArgs};
 use crate::commands::projects::resolve;
-use crate::commands::remote;
 use crate::print;
 
 const STATE_DIR: &str = ".cloudx";
@@ -126,11 +125,8 @@ fn hash_file(path: &Path) -> anyhow::Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-async fn remote_files(client: &Client, project: Uuid) -> anyhow::Result<Remote> {
-    let tree = match client.tree(project, "", None, true).await {
-        Ok(tree) => tree,
-        Err(e) => return Err(e.into()),
-    };
+async fn remote_files(client: &Target, project: Uuid) -> anyhow::Result<Remote> {
+    let tree = client.tree(project, "", None, true).await?;
     Ok(tree
         .entries
         .into_iter()
@@ -171,12 +167,18 @@ fn finish(conflicts: &[String], done: usize, what: &str) -> anyhow::Result<()> {
 }
 
 /// `cloudx push DIR PROJECT`.
-pub(crate) async fn push(args: SyncArgs) -> anyhow::Result<()> {
-    let client = remote::session()?;
-    let project = resolve(&client, &args.project).await?;
+pub(crate) async fn push(args: SyncArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let done = push_on(&client, args).await;
+    client.close().await;
+    done
+}
+
+async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
+    let project = resolve(client, &args.project).await?;
     let mut state = load_state(&args.dir, project.id)?;
     let local = walk(&args.dir)?;
-    let remote = remote_files(&client, project.id).await?;
+    let remote = remote_files(client, project.id).await?;
     let base = std::mem::take(&mut state.files);
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
     // What both sides agree on after this run: the base, changed path by path as they are
@@ -273,13 +275,19 @@ pub(crate) async fn push(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 /// `cloudx pull PROJECT DIR`.
-pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let client = remote::session()?;
-    let project = resolve(&client, &args.project).await?;
+pub(crate) async fn pull(args: PullArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let done = pull_on(&client, args).await;
+    client.close().await;
+    done
+}
+
+async fn pull_on(client: &Target, args: PullArgs) -> anyhow::Result<()> {
+    let project = resolve(client, &args.project).await?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let mut state = load_state(&args.dir, project.id)?;
     let local = walk(&args.dir)?;
-    let remote = remote_files(&client, project.id).await?;
+    let remote = remote_files(client, project.id).await?;
     let base = std::mem::take(&mut state.files);
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
     // As in `push`: the base, changed path by path.
@@ -317,7 +325,7 @@ pub(crate) async fn pull(args: PullArgs) -> anyhow::Result<()> {
                     Err(e) => {
                         state.files = next;
                         save_state(&args.dir, &state)?;
-                        return Err(e.into());
+                        return Err(e);
                     }
                 };
                 print(&format!("fetched {path} (version {})\n", got.version));

@@ -1,0 +1,270 @@
+//! Where `cloudx project`, `file`, `push` and `pull` act: on the daemon you signed in to (a
+//! stored login), or else on this instance's own database and blob store, as the local
+//! operator (whoever can open the data folder owns it).
+
+use std::path::Path;
+
+use cloudx_core::auth::audit::Client as AuditClient;
+use cloudx_core::storage::{ByteStream, FileVersion, Member, NewProject, Project, ProjectFilter, PutOptions, Tree};
+use cloudx_core::{Cloudx, CloudxConfig, Error, ErrorKind, Principal, ProjectRole};
+use cloudx_http::client::{Client, Downloaded};
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+use uuid::Uuid;
+
+use crate::commands::remote;
+
+/// A daemon, or the embedded core.
+pub(crate) enum Target {
+    Remote(Client),
+    Local(Cloudx),
+}
+
+impl Target {
+    /// The daemon of the stored login, if there is one; else the instance `config` names.
+    pub(crate) async fn open(config: impl FnOnce() -> anyhow::Result<CloudxConfig>) -> anyhow::Result<Self> {
+        if remote::signed_in()? {
+            return Ok(Target::Remote(remote::session()?));
+        }
+        Ok(Target::Local(Cloudx::connect(config()?).await?))
+    }
+
+    /// Closes the embedded core (its database).
+    pub(crate) async fn close(self) {
+        if let Target::Local(cx) = self {
+            cx.close().await;
+        }
+    }
+
+    fn audit() -> AuditClient {
+        AuditClient::new(None, Some(concat!("cloudx-cli/", env!("CARGO_PKG_VERSION"), " (local)")))
+    }
+
+    /// The account of `email` (for `--owner`), on the embedded core.
+    pub(crate) async fn user_id(&self, email: &str) -> anyhow::Result<Uuid> {
+        match self {
+            Target::Remote(_) => {
+                Err(Error::invalid("--owner is for the local instance; a daemon makes you the owner").into())
+            }
+            Target::Local(cx) => {
+                let email = email.trim().to_lowercase();
+                let users = cx.auth().list_users(&Principal::System).await?;
+                Ok(users
+                    .into_iter()
+                    .find(|u| u.email == email)
+                    .ok_or_else(|| Error::not_found(format!("owner: no account `{email}`")))?
+                    .id)
+            }
+        }
+    }
+
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Target::Local(_))
+    }
+
+    pub(crate) async fn list_projects(
+        &self,
+        deleted: bool,
+        all: bool,
+        slug: Option<&str>,
+    ) -> anyhow::Result<Vec<Project>> {
+        Ok(match self {
+            Target::Remote(c) => c.list_projects(deleted, all, slug).await?,
+            Target::Local(cx) => {
+                let filter = ProjectFilter { deleted, all, slug: slug.map(str::to_owned) };
+                cx.storage().list_projects(&Principal::System, &filter).await?
+            }
+        })
+    }
+
+    pub(crate) async fn create_project(&self, new: &NewProject) -> anyhow::Result<Project> {
+        Ok(match self {
+            Target::Remote(c) => c.create_project(new).await?,
+            Target::Local(cx) => cx.storage().create_project(&Principal::System, &Self::audit(), new.clone()).await?,
+        })
+    }
+
+    pub(crate) async fn project(&self, id: Uuid) -> anyhow::Result<Project> {
+        Ok(match self {
+            Target::Remote(c) => c.project(id).await?,
+            Target::Local(cx) => cx.storage().project(&Principal::System, id).await?,
+        })
+    }
+
+    pub(crate) async fn members(&self, id: Uuid) -> anyhow::Result<Vec<Member>> {
+        Ok(match self {
+            Target::Remote(c) => c.members(id).await?,
+            Target::Local(cx) => cx.storage().members(&Principal::System, id).await?,
+        })
+    }
+
+    pub(crate) async fn set_member(&self, id: Uuid, user: &str, role: ProjectRole) -> anyhow::Result<Member> {
+        Ok(match self {
+            Target::Remote(c) => c.set_member(id, user, role).await?,
+            Target::Local(cx) => cx.storage().set_member(&Principal::System, &Self::audit(), id, user, role).await?,
+        })
+    }
+
+    pub(crate) async fn remove_member(&self, id: Uuid, user: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Remote(c) => c.remove_member(id, user).await?,
+            Target::Local(cx) => cx.storage().remove_member(&Principal::System, &Self::audit(), id, user).await?,
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn transfer_project(&self, id: Uuid, to: &str) -> anyhow::Result<Project> {
+        Ok(match self {
+            Target::Remote(c) => c.transfer_project(id, to).await?,
+            Target::Local(cx) => cx.storage().transfer_project(&Principal::System, &Self::audit(), id, to).await?,
+        })
+    }
+
+    pub(crate) async fn delete_project(&self, id: Uuid, purge: bool) -> anyhow::Result<()> {
+        match self {
+            Target::Remote(c) => c.delete_project(id, purge).await?,
+            Target::Local(cx) if purge => cx.storage().purge_project(&Principal::System, &Self::audit(), id).await?,
+            Target::Local(cx) => cx.storage().delete_project(&Principal::System, &Self::audit(), id).await?,
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn restore_project(&self, id: Uuid) -> anyhow::Result<Project> {
+        Ok(match self {
+            Target::Remote(c) => c.restore_project(id).await?,
+            Target::Local(cx) => cx.storage().restore_project(&Principal::System, &Self::audit(), id).await?,
+        })
+    }
+
+    pub(crate) async fn tree(
+        &self,
+        id: Uuid,
+        prefix: &str,
+        version: Option<i64>,
+        recursive: bool,
+    ) -> anyhow::Result<Tree> {
+        Ok(match self {
+            Target::Remote(c) => c.tree(id, prefix, version, recursive).await?,
+            Target::Local(cx) => {
+                let storage = cx.storage();
+                let entries = storage.list_files(&Principal::System, id, prefix, version, recursive).await?;
+                let version = match version {
+                    Some(v) => v,
+                    None => storage.project(&Principal::System, id).await?.version,
+                };
+                Tree { version, entries }
+            }
+        })
+    }
+
+    pub(crate) async fn put_file(
+        &self,
+        id: Uuid,
+        path: &str,
+        local: &Path,
+        expected_version: Option<i64>,
+        message: Option<&str>,
+    ) -> cloudx_core::Result<FileVersion> {
+        match self {
+            Target::Remote(c) => c.put_file(id, path, local, expected_version, message).await,
+            Target::Local(cx) => {
+                let read_error = |e: std::io::Error| Error::invalid(format!("cannot read {}: {e}", local.display()));
+                let file = tokio::fs::File::open(local).await.map_err(read_error)?;
+                let size = file.metadata().await.map_err(read_error)?.len();
+                let body: ByteStream = Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+                let options =
+                    PutOptions { expected_version, message: message.map(str::to_owned), declared_size: Some(size) };
+                cx.storage().put_file(&Principal::System, &Self::audit(), id, path, body, options).await
+            }
+        }
+    }
+
+    pub(crate) async fn get_file(
+        &self,
+        id: Uuid,
+        path: &str,
+        version: Option<i64>,
+        local: &Path,
+    ) -> anyhow::Result<Downloaded> {
+        match self {
+            Target::Remote(c) => Ok(c.get_file(id, path, version, local).await?),
+            Target::Local(cx) => {
+                let download = cx.storage().open_file(&Principal::System, id, path, version).await?;
+                let version = download.file.version;
+                let mut body = download.stream(None).await?;
+                let write_error = |e: std::io::Error| {
+                    Error::new(ErrorKind::Internal, format!("cannot write {}: {e}", local.display()))
+                };
+                if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
+                }
+                let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let temp = local.with_file_name(format!(".{name}.cloudx-{}.part", std::process::id()));
+                let written = async {
+                    let mut out = tokio::io::BufWriter::with_capacity(
+                        1 << 20,
+                        tokio::fs::File::create(&temp).await.map_err(write_error)?,
+                    );
+                    let mut size = 0u64;
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(write_error)?;
+                        size += chunk.len() as u64;
+                        out.write_all(&chunk).await.map_err(write_error)?;
+                    }
+                    out.flush().await.map_err(write_error)?;
+                    out.into_inner().sync_all().await.map_err(write_error)?;
+                    tokio::fs::rename(&temp, local).await.map_err(write_error)?;
+                    Ok::<_, Error>(size)
+                }
+                .await;
+                match written {
+                    Ok(size) => Ok(Downloaded { version, size }),
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&temp).await;
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn history(&self, id: Uuid, path: &str, limit: u32) -> anyhow::Result<Vec<FileVersion>> {
+        Ok(match self {
+            Target::Remote(c) => c.history(id, path, limit).await?,
+            Target::Local(cx) => cx.storage().history(&Principal::System, id, path, limit).await?,
+        })
+    }
+
+    pub(crate) async fn delete_file(
+        &self,
+        id: Uuid,
+        path: &str,
+        expected_version: Option<i64>,
+        message: Option<&str>,
+    ) -> cloudx_core::Result<i64> {
+        match self {
+            Target::Remote(c) => c.delete_file(id, path, expected_version, message).await,
+            Target::Local(cx) => {
+                cx.storage().delete_file(&Principal::System, &Self::audit(), id, path, expected_version, message).await
+            }
+        }
+    }
+
+    pub(crate) async fn restore_file(&self, id: Uuid, path: &str, version: Option<i64>) -> anyhow::Result<FileVersion> {
+        Ok(match self {
+            Target::Remote(c) => c.restore_file(id, path, version).await?,
+            Target::Local(cx) => {
+                cx.storage().restore_file(&Principal::System, &Self::audit(), id, path, version).await?
+            }
+        })
+    }
+
+    pub(crate) async fn move_file(&self, id: Uuid, from: &str, to: &str, message: Option<&str>) -> anyhow::Result<i64> {
+        Ok(match self {
+            Target::Remote(c) => c.move_file(id, from, to, message).await?,
+            Target::Local(cx) => {
+                cx.storage().move_file(&Principal::System, &Self::audit(), id, from, to, message).await?
+            }
+        })
+    }
+}
