@@ -7,9 +7,8 @@ use std::path::Path;
 use cloudx_core::auth::audit::Client as AuditClient;
 use cloudx_core::storage::{ByteStream, FileVersion, Member, NewProject, Project, ProjectFilter, PutOptions, Tree};
 use cloudx_core::{Cloudx, CloudxConfig, Error, ErrorKind, Principal, ProjectRole};
-use cloudx_http::client::{Client, Downloaded};
+use cloudx_http::client::{Client, Downloaded, write_file_atomically};
 use futures_util::StreamExt as _;
-use tokio::io::AsyncWriteExt as _;
 use uuid::Uuid;
 
 use crate::commands::remote;
@@ -191,39 +190,12 @@ impl Target {
             Target::Local(cx) => {
                 let download = cx.storage().open_file(&Principal::System, id, path, version).await?;
                 let version = download.file.version;
-                let mut body = download.stream(None).await?;
-                let write_error = |e: std::io::Error| {
-                    Error::new(ErrorKind::Internal, format!("cannot write {}: {e}", local.display()))
-                };
-                if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
-                }
-                let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let temp = local.with_file_name(format!(".{name}.cloudx-{}.part", std::process::id()));
-                let written = async {
-                    let mut out = tokio::io::BufWriter::with_capacity(
-                        1 << 20,
-                        tokio::fs::File::create(&temp).await.map_err(write_error)?,
-                    );
-                    let mut size = 0u64;
-                    while let Some(chunk) = body.next().await {
-                        let chunk = chunk.map_err(write_error)?;
-                        size += chunk.len() as u64;
-                        out.write_all(&chunk).await.map_err(write_error)?;
-                    }
-                    out.flush().await.map_err(write_error)?;
-                    out.into_inner().sync_all().await.map_err(write_error)?;
-                    tokio::fs::rename(&temp, local).await.map_err(write_error)?;
-                    Ok::<_, Error>(size)
-                }
-                .await;
-                match written {
-                    Ok(size) => Ok(Downloaded { version, size }),
-                    Err(e) => {
-                        let _ = tokio::fs::remove_file(&temp).await;
-                        Err(e.into())
-                    }
-                }
+                let body = download.stream(None).await?;
+                let chunks = body.map(|chunk| {
+                    chunk.map_err(|e| Error::new(ErrorKind::Internal, format!("cannot read the file's content: {e}")))
+                });
+                let size = write_file_atomically(local, chunks).await?;
+                Ok(Downloaded { version, size })
             }
         }
     }

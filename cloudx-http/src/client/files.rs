@@ -207,42 +207,21 @@ impl Client {
             .get("x-cloudx-version")
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| Error::new(ErrorKind::Internal, "the daemon's answer names no version"))?;
-        let write_error =
-            |e: std::io::Error| Error::new(ErrorKind::Internal, format!("cannot write {}: {e}", local.display()));
-        if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
-        }
-        let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = local.with_file_name(format!(".{name}.cloudx-{}.part", std::process::id()));
-        let written = async {
-            let mut out = tokio::io::BufWriter::with_capacity(
-                1 << 20,
-                tokio::fs::File::create(&temp).await.map_err(write_error)?,
-            );
-            let mut size = 0u64;
-            let mut body = response.bytes_stream();
-            loop {
-                let next = tokio::time::timeout(super::TIMEOUT, body.next()).await.map_err(|_| {
-                    Error::new(ErrorKind::Unavailable, format!("the daemon at {} stopped sending", self.base))
-                })?;
-                let Some(chunk) = next else { break };
-                let chunk = chunk.map_err(|e| unreachable_daemon(&self.base, &e))?;
-                size += chunk.len() as u64;
-                out.write_all(&chunk).await.map_err(write_error)?;
+        let base = self.base.clone();
+        let chunks = futures_util::stream::unfold(Box::pin(response.bytes_stream()), move |mut body| {
+            let base = base.clone();
+            async move {
+                let item = match tokio::time::timeout(super::TIMEOUT, body.next()).await {
+                    Err(_) => {
+                        Some(Err(Error::new(ErrorKind::Unavailable, format!("the daemon at {base} stopped sending"))))
+                    }
+                    Ok(next) => next.map(|chunk| chunk.map_err(|e| unreachable_daemon(&base, &e))),
+                };
+                item.map(|item| (item, body))
             }
-            out.flush().await.map_err(write_error)?;
-            out.into_inner().sync_all().await.map_err(write_error)?;
-            tokio::fs::rename(&temp, local).await.map_err(write_error)?;
-            Ok::<_, Error>(size)
-        }
-        .await;
-        match written {
-            Ok(size) => Ok(Downloaded { version, size }),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(e)
-            }
-        }
+        });
+        let size = write_file_atomically(local, chunks).await?;
+        Ok(Downloaded { version, size })
     }
 
     /// The versions of `path`, newest first.
@@ -298,6 +277,44 @@ impl Client {
         let v: Versioned = self.send(Method::POST, &format!("api/v1/projects/{id}/move"), Some(&body), true).await?;
         Ok(v.version)
     }
+}
+
+/// Writes `chunks` into the file `local`: beside it first, fsynced and renamed into place once
+/// complete, so that `local` is never left half-written; the partial file is removed on failure.
+///
+/// # Errors
+/// The first error of `chunks`, or [`ErrorKind::Internal`] when `local` cannot be written.
+pub async fn write_file_atomically(
+    local: &Path,
+    chunks: impl futures_util::Stream<Item = Result<axum::body::Bytes>>,
+) -> Result<u64> {
+    let write_error =
+        |e: std::io::Error| Error::new(ErrorKind::Internal, format!("cannot write {}: {e}", local.display()));
+    if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
+    }
+    let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = local.with_file_name(format!(".{name}.cloudx-{}.part", std::process::id()));
+    let written = async {
+        let mut out =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&temp).await.map_err(write_error)?);
+        let mut size = 0u64;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(write_error)?;
+        }
+        out.flush().await.map_err(write_error)?;
+        out.into_inner().sync_all().await.map_err(write_error)?;
+        tokio::fs::rename(&temp, local).await.map_err(write_error)?;
+        Ok::<_, Error>(size)
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&temp).await;
+    }
+    written
 }
 
 async fn json_of<T: serde::de::DeserializeOwned>(base: &reqwest::Url, response: reqwest::Response) -> Result<T> {

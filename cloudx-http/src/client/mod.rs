@@ -23,7 +23,7 @@ pub use crate::routes::auth::{LoginResponse, Me};
 
 mod files;
 
-pub use self::files::Downloaded;
+pub use self::files::{Downloaded, write_file_atomically};
 
 /// How the client proves who it is.
 #[derive(Clone, Default)]
