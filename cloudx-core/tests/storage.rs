@@ -316,15 +316,16 @@ async fn writes_make_versions_and_any_version_reads_back(postgres: bool, backend
     assert_eq!(download.stream(Some(5..100)).await.err().map(|e| e.kind()), Some(ErrorKind::InvalidInput));
 
     // Listings: folders collapse unless recursive; any version.
-    let root = s.list_files(&alice, p, "", None, false).await.unwrap();
+    let root = s.list_files(&alice, p, "", None, false).await.unwrap().entries;
     let names: Vec<(&str, bool)> = root.iter().map(|e| (e.path.as_str(), e.folder)).collect();
     assert_eq!(names, [("README.md", false), ("empty", false), ("src", true)]);
     assert_eq!(root[2].size, 9);
-    let all = s.list_files(&alice, p, "", None, true).await.unwrap();
+    let all = s.list_files(&alice, p, "", None, true).await.unwrap().entries;
     assert_eq!(all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["README.md", "empty", "src/main.py"]);
-    let at_1 = s.list_files(&alice, p, "", Some(1), true).await.unwrap();
+    let at_1 = s.list_files(&alice, p, "", Some(1), true).await.unwrap().entries;
+    assert_eq!(s.list_files(&alice, p, "", None, true).await.unwrap().version, 4);
     assert_eq!((at_1.len(), at_1[0].version), (1, 1));
-    assert_eq!(s.list_files(&alice, p, "src/", None, false).await.unwrap()[0].path, "src/main.py");
+    assert_eq!(s.list_files(&alice, p, "src/", None, false).await.unwrap().entries[0].path, "src/main.py");
     assert_eq!(s.list_files(&alice, p, "nothing", None, false).await.unwrap_err().kind(), ErrorKind::NotFound);
 
     let history = s.history(&alice, p, "src/main.py", 100).await.unwrap();
@@ -384,7 +385,7 @@ async fn delete_restore_and_move_files_and_folders(postgres: bool, backend: Back
     // A file moves; a folder moves whole, in one version.
     assert_eq!(s.move_file(&alice, &client(), p, "a.txt", "docs/a.txt", None).await.unwrap(), 6);
     assert_eq!(s.move_file(&alice, &client(), p, "dir", "lib", None).await.unwrap(), 7);
-    let all = s.list_files(&alice, p, "", None, true).await.unwrap();
+    let all = s.list_files(&alice, p, "", None, true).await.unwrap().entries;
     assert_eq!(all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["docs/a.txt", "lib/sub/y.txt", "lib/x.txt"]);
     assert!(all.iter().all(|e| e.path == "docs/a.txt" || e.version == 7));
     // Onto something that exists, or into itself: refused, nothing changed.
@@ -404,7 +405,7 @@ async fn delete_restore_and_move_files_and_folders(postgres: bool, backend: Back
     // Deleting a folder deletes its files in one version.
     let v = s.delete_file(&alice, &client(), p, "lib", None, None).await.unwrap();
     assert!(s.list_files(&alice, p, "lib", None, false).await.is_err());
-    assert_eq!(s.list_files(&alice, p, "lib", Some(v - 1), true).await.unwrap().len(), 2);
+    assert_eq!(s.list_files(&alice, p, "lib", Some(v - 1), true).await.unwrap().entries.len(), 2);
 
     // A move whose targets include one of its own sources: one write of that path.
     put(&i.cx, &alice, p, "n/b/n", "first").await.unwrap();
@@ -551,7 +552,7 @@ async fn templates_and_copies(postgres: bool, backend: Backend) {
         let new = NewProject { name: template.into(), template: Some(template.into()), ..Default::default() };
         let p = s.create_project(&alice, &client(), new).await.unwrap();
         assert_eq!(p.version, 1);
-        let files = s.list_files(&alice, p.id, "", None, true).await.unwrap();
+        let files = s.list_files(&alice, p.id, "", None, true).await.unwrap().entries;
         assert!(
             files.iter().any(|f| f.path == "README.md") && files.iter().any(|f| f.path == ".gitignore"),
             "{files:?}"
@@ -709,7 +710,7 @@ async fn archives_go_in_and_out_whole(postgres: bool, backend: Backend) {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{}", err.message());
     assert_eq!(s.project(&alice, p).await.unwrap().version, 3);
-    assert_eq!(s.list_files(&alice, p, "", None, true).await.unwrap().len(), 6);
+    assert_eq!(s.list_files(&alice, p, "", None, true).await.unwrap().entries.len(), 6);
 
     // Out again: the whole project, a folder, an earlier version, both formats.
     let whole = s.download_archive(&alice, p, "", None, ArchiveFormat::TarGz).await.unwrap();

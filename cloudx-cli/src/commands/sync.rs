@@ -136,6 +136,15 @@ async fn remote_files(client: &Target, project: Uuid) -> anyhow::Result<Remote> 
         .collect())
 }
 
+/// Why a local name cannot be a project path as it is, if it cannot.
+fn unsendable(path: &str) -> Option<String> {
+    match cloudx_core::storage::ProjectPath::parse(path) {
+        Err(e) => Some(e.message().to_owned()),
+        Ok(p) if p.as_str() != path => Some("its name is not in Unicode normal form C; rename it".to_owned()),
+        Ok(_) => None,
+    }
+}
+
 /// The local file of a project path, refusing anything that would leave `dir`.
 fn local_path(dir: &Path, path: &str) -> anyhow::Result<PathBuf> {
     let relative = Path::new(path);
@@ -147,6 +156,26 @@ fn local_path(dir: &Path, path: &str) -> anyhow::Result<PathBuf> {
 
 fn paths<'a>(local: &'a Local, base: &'a BTreeMap<String, Base>, remote: &'a Remote) -> BTreeSet<&'a String> {
     local.keys().chain(base.keys()).chain(remote.keys()).collect()
+}
+
+/// Both sides and their last agreement, read at the start of a sync.
+struct Sides {
+    project: Uuid,
+    state: State,
+    local: Local,
+    remote: Remote,
+    base: BTreeMap<String, Base>,
+}
+
+impl Sides {
+    async fn read(client: &Target, project: &str, dir: &Path) -> anyhow::Result<Self> {
+        let project = resolve(client, project).await?.id;
+        let mut state = load_state(dir, project)?;
+        let local = walk(dir)?;
+        let remote = remote_files(client, project).await?;
+        let base = std::mem::take(&mut state.files);
+        Ok(Sides { project, state, local, remote, base })
+    }
 }
 
 fn finish(conflicts: &[String], done: usize, what: &str) -> anyhow::Result<()> {
@@ -175,11 +204,7 @@ pub(crate) async fn push(args: SyncArgs, global: &GlobalArgs) -> anyhow::Result<
 }
 
 async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
-    let project = resolve(client, &args.project).await?;
-    let mut state = load_state(&args.dir, project.id)?;
-    let local = walk(&args.dir)?;
-    let remote = remote_files(client, project.id).await?;
-    let base = std::mem::take(&mut state.files);
+    let Sides { project, mut state, local, remote, base } = Sides::read(client, &args.project, &args.dir).await?;
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
     // What both sides agree on after this run: the base, changed path by path as they are
     // dealt with, so that an error part-way keeps the base of every path not reached.
@@ -190,13 +215,7 @@ async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
             (Some(l), Some(r)) if *l == r.sha256 => {
                 next.insert(path.clone(), r.clone());
             }
-            (Some(_), _)
-                if cloudx_core::storage::ProjectPath::parse(path).map(|p| p.as_str() != path).unwrap_or(true) =>
-            {
-                let why = match cloudx_core::storage::ProjectPath::parse(path) {
-                    Err(e) => e.message().to_owned(),
-                    Ok(_) => "its name is not in Unicode normal form C; rename it".to_owned(),
-                };
+            (Some(_), _) if let Some(why) = unsendable(path) => {
                 conflicts.push(format!("{path}: cannot be sent: {why}"));
             }
             (Some(l), remote_now) => {
@@ -219,7 +238,7 @@ async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let file = local_path(&args.dir, path)?;
-                match client.put_file(project.id, path, &file, expected, None).await {
+                match client.put_file(project, path, &file, expected, None).await {
                     Ok(v) => {
                         print(&format!("sent {path} (version {})\n", v.version));
                         next.insert(path.clone(), Base { version: v.version, sha256: l.clone() });
@@ -243,7 +262,7 @@ async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
                         print(&format!("would delete {path} in the project\n"));
                         continue;
                     }
-                    match client.delete_file(project.id, path, Some(r.version), Some("deleted by cloudx push")).await {
+                    match client.delete_file(project, path, Some(r.version), Some("deleted by cloudx push")).await {
                         Ok(v) => {
                             print(&format!("deleted {path} in the project (version {v})\n"));
                             next.remove(path);
@@ -283,12 +302,8 @@ pub(crate) async fn pull(args: PullArgs, global: &GlobalArgs) -> anyhow::Result<
 }
 
 async fn pull_on(client: &Target, args: PullArgs) -> anyhow::Result<()> {
-    let project = resolve(client, &args.project).await?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let mut state = load_state(&args.dir, project.id)?;
-    let local = walk(&args.dir)?;
-    let remote = remote_files(client, project.id).await?;
-    let base = std::mem::take(&mut state.files);
+    let Sides { project, mut state, local, remote, base } = Sides::read(client, &args.project, &args.dir).await?;
     let (mut conflicts, mut done) = (Vec::new(), 0usize);
     // As in `push`: the base, changed path by path.
     let mut next = base.clone();
@@ -320,7 +335,7 @@ async fn pull_on(client: &Target, args: PullArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let file = local_path(&args.dir, path)?;
-                let got = match client.get_file(project.id, path, Some(r.version), &file).await {
+                let got = match client.get_file(project, path, Some(r.version), &file).await {
                     Ok(got) => got,
                     Err(e) => {
                         state.files = next;

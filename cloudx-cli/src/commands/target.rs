@@ -144,15 +144,7 @@ impl Target {
     ) -> anyhow::Result<Tree> {
         Ok(match self {
             Target::Remote(c) => c.tree(id, prefix, version, recursive).await?,
-            Target::Local(cx) => {
-                let storage = cx.storage();
-                let entries = storage.list_files(&Principal::System, id, prefix, version, recursive).await?;
-                let version = match version {
-                    Some(v) => v,
-                    None => storage.project(&Principal::System, id).await?.version,
-                };
-                Tree { version, entries }
-            }
+            Target::Local(cx) => cx.storage().list_files(&Principal::System, id, prefix, version, recursive).await?,
         })
     }
 

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::blobs::{BlobId, ByteStream, SizeLimits, Spooled};
+use super::blobs::{BlobId, Blobs, ByteStream, SizeLimits, Spooled};
 use super::files::{Change, TreeEntry};
 use super::path::{Folder, ProjectPath};
 use super::{Audited, Storage};
@@ -179,7 +179,7 @@ impl Storage {
         let p = &access.project;
         let max_file = self.config.max_file_size.as_u64();
         // The archive itself may be as large as a file; what it holds, as large as the quota.
-        let archive = self.blobs.spool(body, SizeLimits { file: max_file, quota: u64::MAX }, None).await?;
+        let archive = self.blobs.spool(body, SizeLimits { file: max_file, quota: u64::MAX }, None, false).await?;
         let limits = Unpack {
             file: max_file,
             total: p.quota_bytes,
@@ -246,7 +246,10 @@ struct Unpacked {
 }
 
 impl Unpacked {
-    fn add(&mut self, path: ProjectPath, spooled: Spooled, limits: Unpack) -> Result<()> {
+    /// Spools the entry `content` as the file `path`, within the limits.
+    fn add(&mut self, blobs: &Blobs, path: ProjectPath, content: &mut dyn Read, limits: Unpack) -> Result<()> {
+        let room = SizeLimits { file: limits.file, quota: limits.total.saturating_sub(self.bytes) };
+        let spooled = blobs.spool_blocking(content, room, false)?;
         self.bytes += spooled.size;
         // A later entry of the same path replaces an earlier one, as tar does.
         match self.index.get(&path) {
@@ -267,10 +270,6 @@ impl Unpacked {
         }
         Ok(())
     }
-
-    fn remaining(&self, limits: Unpack) -> u64 {
-        limits.total.saturating_sub(self.bytes)
-    }
 }
 
 /// The project path of an archive entry named `name`, under `folder`.
@@ -281,7 +280,7 @@ fn entry_path(folder: &Folder, name: &str) -> Result<ProjectPath> {
     ProjectPath::join_under(folder, &relative)
 }
 
-fn read_tar(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, limits: Unpack) -> Result<Unpacked> {
+fn read_tar(blobs: &Blobs, archive: &Spooled, folder: &Folder, limits: Unpack) -> Result<Unpacked> {
     let file = std::fs::File::open(archive.path()).map_err(|e| Error::internal("cannot reopen the upload", e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let bad = |e: std::io::Error| Error::invalid(format!("not a tar.gz archive, or a damaged one: {e}"));
@@ -300,15 +299,12 @@ fn read_tar(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
                 continue;
             }
         }
-        let path = entry_path(folder, &name)?;
-        let spooled =
-            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) }, false)?;
-        out.add(path, spooled, limits)?;
+        out.add(blobs, entry_path(folder, &name)?, &mut entry, limits)?;
     }
     Ok(out)
 }
 
-fn read_zip(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, limits: Unpack) -> Result<Unpacked> {
+fn read_zip(blobs: &Blobs, archive: &Spooled, folder: &Folder, limits: Unpack) -> Result<Unpacked> {
     let file = std::fs::File::open(archive.path()).map_err(|e| Error::internal("cannot reopen the upload", e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::invalid(format!("not a zip archive, or a damaged one: {e}")))?;
@@ -326,10 +322,7 @@ fn read_zip(blobs: &super::blobs::Blobs, archive: &Spooled, folder: &Folder, lim
             out.skipped.push(name);
             continue;
         }
-        let path = entry_path(folder, &name)?;
-        let spooled =
-            blobs.spool_blocking(&mut entry, SizeLimits { file: limits.file, quota: out.remaining(limits) }, false)?;
-        out.add(path, spooled, limits)?;
+        out.add(blobs, entry_path(folder, &name)?, &mut entry, limits)?;
     }
     Ok(out)
 }

@@ -201,19 +201,22 @@ impl Blobs {
     }
 
     /// Receives `body` into a temporary file, hashing and counting it, refusing it once it
-    /// passes `limits`. The file is fsynced when it will be renamed into the local store.
+    /// passes `limits`. `expected` is the announced length; `keep` says the file will become a
+    /// blob (on the local backend it is then written durably), not only be read back (an
+    /// archive being unpacked).
     pub(crate) async fn spool(
         &self,
         mut body: ByteStream,
         limits: SizeLimits,
         expected: Option<u64>,
+        keep: bool,
     ) -> Result<Spooled> {
         let file = TempFile::create(&self.spool_dir)?;
         // Bodies arrive in chunks of up to 256 KiB (hyper's read buffer): they cross to the
         // writing thread in batches of about 1 MiB, so that thread wakes rarely.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
         let path = file.path.clone();
-        let durable = self.local_root.is_some();
+        let durable = keep && self.local_root.is_some();
         // Hashing and writing run on a blocking thread, overlapping with receiving.
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(BlobId, u64)> {
             // Local blobs are written durably, bypassing the page cache; spooled uploads for
@@ -362,7 +365,7 @@ impl Blobs {
     /// Spools a small content held in memory (a template's file).
     pub(crate) async fn spool_bytes(&self, content: Bytes) -> Result<Spooled> {
         let stream: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(content) }));
-        self.spool(stream, SizeLimits { file: u64::MAX, quota: u64::MAX }, None).await
+        self.spool(stream, SizeLimits { file: u64::MAX, quota: u64::MAX }, None, true).await
     }
 
     /// Publishes many spooled writes (an archive's files, a template's). On the local backend

@@ -247,7 +247,7 @@ impl Storage {
         if let Some(declared) = options.declared_size {
             limits.check(declared)?;
         }
-        let spooled = self.blobs.spool(body, limits, options.declared_size).await?;
+        let spooled = self.blobs.spool(body, limits, options.declared_size, true).await?;
         // The upload may have taken long: the caller may have lost the right to write meanwhile.
         self.access(actor, project, ProjectAction::Write, false).await?;
         let (blob, size) = (spooled.id, spooled.size);
@@ -311,7 +311,8 @@ impl Storage {
     }
 
     /// Lists a folder (or the whole project): its files and, unless `recursive`, its
-    /// sub-folders as single entries; at the latest version or as of `version`.
+    /// sub-folders as single entries; at the latest version or as of `version`, which the
+    /// answer names.
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] for a folder that holds nothing.
@@ -322,15 +323,16 @@ impl Storage {
         folder: &str,
         version: Option<i64>,
         recursive: bool,
-    ) -> Result<Vec<TreeEntry>> {
+    ) -> Result<Tree> {
         let folder = Folder::parse(folder)?;
-        self.access(actor, project, ProjectAction::Read, false).await?;
+        let access = self.access(actor, project, ProjectAction::Read, false).await?;
+        let listed = version.unwrap_or(access.project.version);
         let files = self.tree(project, &folder, version).await?;
         if files.is_empty() && !folder.is_root() {
             return Err(Error::not_found(format!("no folder `{folder}`")));
         }
         if recursive {
-            return Ok(files);
+            return Ok(Tree { version: listed, entries: files });
         }
         let mut out: Vec<TreeEntry> = Vec::new();
         for file in files {
@@ -358,7 +360,7 @@ impl Storage {
                 }
             }
         }
-        Ok(out)
+        Ok(Tree { version: listed, entries: out })
     }
 
     /// The versions of a path, newest first.

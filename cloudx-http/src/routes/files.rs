@@ -263,14 +263,9 @@ async fn tree(
     Path(project): Path<Uuid>,
     Query(query): Query<TreeQuery>,
 ) -> Result<Json<Tree>, ApiError> {
-    let storage = state.cx.storage();
     let prefix = query.prefix.as_deref().unwrap_or("");
-    let entries = storage.list_files(caller.principal(), project, prefix, query.version, query.recursive).await?;
-    let version = match query.version {
-        Some(v) => v,
-        None => storage.project(caller.principal(), project).await?.version,
-    };
-    Ok(Json(Tree { version, entries }))
+    let listed = state.cx.storage().list_files(caller.principal(), project, prefix, query.version, query.recursive);
+    Ok(Json(listed.await?))
 }
 
 /// How much history.
