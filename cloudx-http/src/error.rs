@@ -113,6 +113,16 @@ impl ApiError {
         self
     }
 
+    /// Answers with `status` rather than the kind's, for an HTTP condition the core has no
+    /// kind for (416); the document's `status` and `title` follow.
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self.problem.status = status.as_u16();
+        self.problem.title = status.canonical_reason().unwrap_or("Error").to_owned();
+        self
+    }
+
     /// Adds an extra member to the problem document.
     #[must_use]
     pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {

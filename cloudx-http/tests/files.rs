@@ -89,6 +89,8 @@ async fn files_go_up_and_come_down_with_versions_etags_and_ranges() {
     let r = s.req(M::GET, file("site/index.html")).header("range", "bytes=100-").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */38");
+    let refused = problem(r).await;
+    assert_eq!((refused["status"].as_u64(), refused["code"].as_str()), (Some(416), Some("range_not_satisfiable")));
 
     // Preconditions: If-Match for the version read, If-None-Match: * for a new file.
     let r = s.req(M::PUT, file("site/index.html")).header("if-match", "\"v1\"").body("v2").send().await.unwrap();

@@ -110,8 +110,8 @@ async fn get_file(
                 format!("the range lies outside the file's {} bytes", file.size),
             )
             .with_code("range_not_satisfiable")
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
             .into_response();
-            *refused.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", file.size)) {
                 refused.headers_mut().insert(header::CONTENT_RANGE, v);
             }
