@@ -280,18 +280,61 @@ impl Default for StorageConfig {
     }
 }
 
-/// The `[sandbox]` section.
+/// The `[sandbox]` section: isolation and the default limits of every run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SandboxConfig {
     /// Whether untrusted code may run at all; `prod` refuses `false`.
     pub enabled: bool,
+    /// Where each run's scratch folder (its root's mount point, an empty workspace) is made;
+    /// unset: `<temp>/cloudx-sandbox-<uid>`.
+    pub scratch_dir: Option<std::path::PathBuf>,
+    /// Default wall-clock limit of a run.
+    #[serde(with = "humantime_serde")]
+    pub wall_time: Duration,
+    /// Default CPU-time limit.
+    #[serde(with = "humantime_serde")]
+    pub cpu_time: Duration,
+    /// Default memory limit.
+    pub memory: ByteSize,
+    /// Default limit of processes (and threads) at once.
+    pub processes: u64,
+    /// Default bytes kept of each of stdout and stderr.
+    pub output: ByteSize,
+    /// Default largest file a run may write.
+    pub file_size: ByteSize,
+    /// Default open files per process.
+    pub open_files: u64,
+    /// Default size of `/tmp` and of `/dev/shm`.
+    pub tmpfs_size: ByteSize,
+    /// When running as root: the first host uid (and gid) of the range sandboxes run as, one
+    /// per concurrent run.
+    pub uid_base: u32,
+    /// How many uids the range holds (the most runs at once, as root).
+    pub uid_count: u32,
+    /// Run even when a configured protection (landlock, a memory or pids cgroup) is not
+    /// available, saying so in each run's isolation record; by default such a run is refused.
+    pub allow_degraded: bool,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            scratch_dir: None,
+            wall_time: Duration::from_secs(60),
+            cpu_time: Duration::from_secs(60),
+            memory: ByteSize::gib(1),
+            processes: 256,
+            output: ByteSize::mib(1),
+            file_size: ByteSize::gib(1),
+            open_files: 1024,
+            tmpfs_size: ByteSize::mib(256),
+            uid_base: 1_900_000_000,
+            uid_count: 65_536,
+            allow_degraded: false,
+        }
     }
 }
 

@@ -1,0 +1,1166 @@
+//! The Linux backend of the Sandbox port: the parent side (plans, launch, supervision).
+
+mod cgroup;
+mod landlock;
+mod namespaces;
+mod seccomp;
+mod sys;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use nix::errno::Errno;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+use self::cgroup::{Cgroups, RunCgroup};
+use self::namespaces::{INSIDE_ID, Op, Plan, REPORT_LEN, Report, Step};
+use super::{EffectiveLimits, ExecOutcome, ExecSpec, Isolation, LimitKind, Network, OutputChunk};
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The sandbox's settings: defaults and where scratch goes.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Where scratch folders are made.
+    pub scratch_dir: PathBuf,
+    /// The limits of a run that names none.
+    pub defaults: EffectiveLimits,
+    /// First host uid of the range used when running as root.
+    pub uid_base: u32,
+    /// Size of that range.
+    pub uid_count: u32,
+    /// Run without an unavailable protection instead of refusing.
+    pub allow_degraded: bool,
+}
+
+impl SandboxSettings {
+    /// The settings of a configuration's `[sandbox]` section.
+    pub fn from_config(config: &SandboxConfig) -> Self {
+        Self {
+            scratch_dir: config.scratch_dir.clone().unwrap_or_else(super::default_scratch_dir),
+            defaults: EffectiveLimits {
+                wall_time: config.wall_time,
+                cpu_time: config.cpu_time,
+                memory: config.memory.as_u64(),
+                processes: config.processes,
+                output: config.output.as_u64(),
+                file_size: config.file_size.as_u64(),
+                open_files: config.open_files,
+                tmpfs_size: config.tmpfs_size.as_u64(),
+            },
+            uid_base: config.uid_base,
+            uid_count: config.uid_count.max(1),
+            allow_degraded: config.allow_degraded,
+        }
+    }
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self::from_config(&SandboxConfig::default())
+    }
+}
+
+/// What the host offers the sandbox, and what is missing (with the fix).
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    /// Whether the supervisor runs as root (then sandboxes get uids of their own).
+    pub root: bool,
+    /// Whether user namespaces can be created.
+    pub user_namespaces: bool,
+    /// The landlock ABI (0: none).
+    pub landlock_abi: u8,
+    /// Whether seccomp filters can be installed.
+    pub seccomp: bool,
+    /// How memory and process limits can be enforced: `cgroup v1 (memory, pids)` and the
+    /// like, or `rlimit only`.
+    pub cgroup: String,
+    /// What is missing, each with how to fix it.
+    pub problems: Vec<String>,
+}
+
+/// The Linux sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: SandboxSettings,
+    capabilities: Capabilities,
+    cgroups: Option<Cgroups>,
+    uids: Mutex<BTreeSet<u32>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("capabilities", &self.inner.capabilities).finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Checks the host and prepares the sandbox. Fails, naming what is missing, when user
+    /// namespaces or seccomp are unavailable, or landlock and a memory cgroup are and
+    /// `allow_degraded` is off.
+    pub fn new(settings: SandboxSettings) -> Result<Sandbox> {
+        let (capabilities, cgroups) = probe();
+        if !capabilities.user_namespaces || !capabilities.seccomp {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("the sandbox cannot run on this host: {}", capabilities.problems.join("; ")),
+            ));
+        }
+        if !settings.allow_degraded && capabilities.landlock_abi == 0 {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "landlock is not available on this host (Linux 5.13 or newer with landlock in the `lsm=` boot list); \
+                 set sandbox.allow_degraded = true to run without it",
+            ));
+        }
+        Ok(Sandbox { inner: Arc::new(Inner { settings, capabilities, cgroups, uids: Mutex::new(BTreeSet::new()) }) })
+    }
+
+    /// What this host supports, without preparing anything.
+    pub fn probe() -> Capabilities {
+        probe().0
+    }
+
+    /// What the host supports, as found when this sandbox was made.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &SandboxSettings {
+        &self.inner.settings
+    }
+
+    /// Runs `spec` to the end and returns how it went.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<ExecOutcome> {
+        self.run(spec, None).await
+    }
+
+    /// Runs `spec`, sending its output to `chunks` as it comes (up to the output cap), and
+    /// returns how it went (with the same output, capped, in the outcome).
+    pub async fn exec_streaming(&self, spec: ExecSpec, chunks: mpsc::Sender<OutputChunk>) -> Result<ExecOutcome> {
+        self.run(spec, Some(chunks)).await
+    }
+
+    /// The isolation record a run of `spec` would have, without running it.
+    pub fn explain(&self, spec: &ExecSpec) -> Result<Isolation> {
+        let limits = self.limits(spec);
+        let prepared = self.prepare(spec, &limits, Path::new("/nonexistent"), self.inside_host_ids(None))?;
+        Ok(prepared.isolation)
+    }
+
+    fn limits(&self, spec: &ExecSpec) -> EffectiveLimits {
+        let d = &self.inner.settings.defaults;
+        let l = &spec.limits;
+        EffectiveLimits {
+            wall_time: l.wall_time.unwrap_or(d.wall_time),
+            cpu_time: l.cpu_time.unwrap_or(d.cpu_time),
+            memory: l.memory.unwrap_or(d.memory),
+            processes: l.processes.unwrap_or(d.processes),
+            output: l.output.unwrap_or(d.output),
+            file_size: l.file_size.unwrap_or(d.file_size),
+            open_files: l.open_files.unwrap_or(d.open_files),
+            tmpfs_size: l.tmpfs_size.unwrap_or(d.tmpfs_size),
+        }
+    }
+
+    /// The host uid and gid the sandbox runs as: the caller's, or one of the range as root.
+    fn inside_host_ids(&self, uid: Option<u32>) -> (u32, u32) {
+        match uid {
+            Some(uid) => (uid, uid),
+            None => (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+        }
+    }
+
+    async fn run(&self, spec: ExecSpec, chunks: Option<mpsc::Sender<OutputChunk>>) -> Result<ExecOutcome> {
+        validate(&spec)?;
+        let limits = self.limits(&spec);
+        let lease = if self.inner.capabilities.root { Some(UidLease::take(self)?) } else { None };
+        let (host_uid, host_gid) = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
+        let scratch =
+            Scratch::create(&self.inner.settings.scratch_dir, spec.workspace.is_none(), lease.as_ref().map(|l| l.uid))?;
+        let mut prepared = self.prepare(&spec, &limits, &scratch.dir, (host_uid, host_gid))?;
+        prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
+        let cgroup = match &self.inner.cgroups {
+            Some(cgroups) => Some(
+                cgroups
+                    .create(&scratch.name, &limits)
+                    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let started = Instant::now();
+        let launched = launch(&mut prepared, (host_uid, host_gid), cgroup.as_ref())?;
+        let result = supervise(launched, &spec, &limits, chunks, started).await;
+        let stats = cgroup.as_ref().map(RunCgroup::stats);
+        drop(cgroup);
+        drop(scratch);
+        drop(lease);
+        let supervised = result?;
+        finish(supervised, stats, prepared.isolation, &prepared.op_names, &spec)
+    }
+
+    /// Builds the plan of a run and its isolation record.
+    fn prepare(&self, spec: &ExecSpec, limits: &EffectiveLimits, scratch: &Path, host: (u32, u32)) -> Result<Prepared> {
+        let caps = &self.inner.capabilities;
+        let mut builder = PlanBuilder::default();
+        // The system folders, read-only (symlinks where the host has them: merged /usr).
+        for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
+            builder.host_path(Path::new(dir), Path::new(dir))?;
+        }
+        builder.dir("etc");
+        for file in ETC_FILES {
+            let path = Path::new("/etc").join(file);
+            if path.symlink_metadata().is_ok() {
+                builder.host_path(&path, &path)?;
+            }
+        }
+        builder.content("etc/passwd", PASSWD);
+        builder.content("etc/group", GROUP);
+        builder.content("etc/hosts", HOSTS);
+        builder.content("etc/hostname", b"sandbox\n");
+        builder.content("etc/resolv.conf", b"");
+        let workspace = spec.workspace.clone().unwrap_or_else(|| scratch.join("workspace"));
+        builder.dir("workspace");
+        builder.bind(&workspace, "workspace", false)?;
+        let tmpfs = format!("size={},nr_inodes={},mode=1777", limits.tmpfs_size, tmpfs_inodes(limits.tmpfs_size));
+        builder.dir("tmp");
+        builder.tmpfs("tmp", &tmpfs);
+        builder.dir("dev");
+        for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+            builder.device(dev)?;
+        }
+        for (link, target) in [
+            ("dev/fd", "/proc/self/fd"),
+            ("dev/stdin", "/proc/self/fd/0"),
+            ("dev/stdout", "/proc/self/fd/1"),
+            ("dev/stderr", "/proc/self/fd/2"),
+        ] {
+            builder.symlink(target, link);
+        }
+        builder.dir("dev/shm");
+        builder.tmpfs("dev/shm", &tmpfs);
+        builder.dir("proc");
+        builder.op(Op::Proc(cstr("proc")?), "/proc: procfs of the sandbox's pid namespace".into());
+        for file in PROC_MASKED_FILES {
+            if Path::new("/proc").join(file).exists() {
+                builder.op(
+                    Op::Mask { target: cstr(&format!("proc/{file}"))?, folder: false },
+                    format!("/proc/{file}: masked"),
+                );
+            }
+        }
+        for folder in PROC_MASKED_FOLDERS {
+            if Path::new("/proc").join(folder).is_dir() {
+                builder.op(
+                    Op::Mask { target: cstr(&format!("proc/{folder}"))?, folder: true },
+                    format!("/proc/{folder}: masked"),
+                );
+            }
+        }
+        for folder in PROC_READ_ONLY {
+            if Path::new("/proc").join(folder).exists() {
+                builder.op(Op::ReadOnly(cstr(&format!("proc/{folder}"))?), format!("/proc/{folder}: read-only"));
+            }
+        }
+        for bind in &spec.binds {
+            let target = bind.target.clone().unwrap_or_else(|| bind.source.clone());
+            builder.host_path(&bind.source, &target)?;
+        }
+
+        // The command.
+        let mut env: Vec<(String, String)> = spec.env.clone();
+        for (key, value) in DEFAULT_ENV {
+            if !env.iter().any(|(k, _)| k == key) {
+                env.push(((*key).into(), (*value).into()));
+            }
+        }
+        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+        let program = &spec.argv[0];
+        let programs: Vec<CString> = if program.contains('/') {
+            vec![cstr(program)?]
+        } else {
+            path_var
+                .split(':')
+                .filter(|d| d.starts_with('/'))
+                .map(|d| cstr(&format!("{}/{program}", d.trim_end_matches('/'))))
+                .collect::<Result<_>>()?
+        };
+        let argv: Vec<CString> = spec.argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
+        let envp: Vec<CString> = env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect::<Result<_>>()?;
+        let cwd = match &spec.cwd {
+            Some(dir) => format!("/workspace/{}", dir.trim_matches('/')),
+            None => "/workspace".into(),
+        };
+
+        // Limits that are not the cgroup's.
+        let secs = limits.cpu_time.as_secs().max(1);
+        let mut rlimits = vec![
+            (libc::RLIMIT_CPU as i32, secs, secs + 1),
+            (libc::RLIMIT_FSIZE as i32, limits.file_size, limits.file_size),
+            (libc::RLIMIT_NOFILE as i32, limits.open_files, limits.open_files),
+            (libc::RLIMIT_NPROC as i32, limits.processes + 1, limits.processes + 1),
+            (libc::RLIMIT_CORE as i32, 0, 0),
+        ];
+        let memory_cgroup = self.inner.cgroups.as_ref().is_some_and(Cgroups::has_memory);
+        let pids_cgroup = self.inner.cgroups.as_ref().is_some_and(Cgroups::has_pids);
+        if !memory_cgroup {
+            rlimits.push((libc::RLIMIT_AS as i32, limits.memory, limits.memory));
+        }
+
+        let landlock = if caps.landlock_abi > 0 { Some(landlock::Rules::new(caps.landlock_abi)?) } else { None };
+        let filters = seccomp::filters().map_err(|e| Error::new(ErrorKind::Internal, e))?;
+
+        let mut degraded = Vec::new();
+        if landlock.is_none() {
+            degraded.push("landlock (not available on this kernel)".to_string());
+        }
+        if !memory_cgroup {
+            degraded.push("memory cgroup (memory limited per process by RLIMIT_AS instead)".to_string());
+        }
+        if !pids_cgroup {
+            degraded
+                .push("pids cgroup (processes limited by RLIMIT_NPROC in the sandbox's user namespace)".to_string());
+        }
+        let isolation = Isolation {
+            namespaces: vec!["user", "pid", "mount", "network", "ipc", "uts", "cgroup"],
+            uid: INSIDE_ID,
+            gid: INSIDE_ID,
+            host_uid: host.0,
+            host_gid: host.1,
+            setgroups_denied: true,
+            mounts: builder.described.clone(),
+            landlock_abi: landlock.as_ref().map_or(0, |l| l.abi),
+            landlock_rules: landlock.as_ref().map(|l| l.described.clone()).unwrap_or_default(),
+            landlock_scopes: landlock.as_ref().map(|l| l.scopes.clone()).unwrap_or_default(),
+            seccomp_denied: filters.denied.clone(),
+            memory_limit: if memory_cgroup { self.cgroup_mode() } else { "rlimit (RLIMIT_AS, per process)".into() },
+            process_limit: if pids_cgroup { self.cgroup_mode() } else { "rlimit (RLIMIT_NPROC)".into() },
+            rlimits: rlimits.iter().map(|&(r, soft, _)| format!("{}={soft}", rlimit_name(r))).collect(),
+            network: spec.network,
+            capabilities: "none",
+            no_new_privs: true,
+            degraded,
+            limits: limits.clone(),
+        };
+        let plan = Plan {
+            drop_groups: caps.root,
+            root: CString::default(),
+            root_flags: locked_flags(&self.inner.settings.scratch_dir),
+            ops: std::mem::take(&mut builder.ops),
+            loopback: spec.network == Network::Loopback,
+            cgroup_namespace: true,
+            cwd: cstr(&cwd)?,
+            programs,
+            argv: Vec::new(),
+            envp: Vec::new(),
+            rlimits,
+            landlock: landlock.as_ref().map(|l| l.child_rules.iter().map(|(p, a)| (p.clone(), *a)).collect()),
+            seccomp: &filters.programs,
+            fds: [-1; 7],
+        };
+        Ok(Prepared { plan, op_names: builder.names, skeleton: builder.skeleton, argv, envp, landlock, isolation })
+    }
+
+    fn cgroup_mode(&self) -> String {
+        self.inner.cgroups.as_ref().map_or_else(|| "none".into(), Cgroups::describe)
+    }
+}
+
+/// Files of the host's `/etc` the sandbox sees (read-only), when they exist.
+const ETC_FILES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "alternatives",
+    "nsswitch.conf",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "mime.types",
+    "protocols",
+    "services",
+    "host.conf",
+    "gai.conf",
+];
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/usr/sbin/nologin\n\
+sandbox:x:1000:1000:sandbox:/workspace:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+const GROUP: &[u8] = b"root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n";
+const HOSTS: &[u8] = b"127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+const DEFAULT_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("HOME", "/workspace"),
+    ("USER", "sandbox"),
+    ("LANG", "C.UTF-8"),
+    ("TMPDIR", "/tmp"),
+];
+
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kallsyms",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+];
+const PROC_MASKED_FOLDERS: &[&str] = &["acpi", "scsi", "driver"];
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+fn tmpfs_inodes(size: u64) -> u64 {
+    (size / 4096).clamp(1024, 1 << 20)
+}
+
+fn rlimit_name(resource: i32) -> &'static str {
+    match resource as u32 {
+        r if r == libc::RLIMIT_CPU as u32 => "RLIMIT_CPU",
+        r if r == libc::RLIMIT_FSIZE as u32 => "RLIMIT_FSIZE",
+        r if r == libc::RLIMIT_NOFILE as u32 => "RLIMIT_NOFILE",
+        r if r == libc::RLIMIT_NPROC as u32 => "RLIMIT_NPROC",
+        r if r == libc::RLIMIT_CORE as u32 => "RLIMIT_CORE",
+        r if r == libc::RLIMIT_AS as u32 => "RLIMIT_AS",
+        _ => "RLIMIT_?",
+    }
+}
+
+fn cstr(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::invalid(format!("`{}` contains a NUL byte", s.escape_debug())))
+}
+
+fn cstr_path(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("the path {} contains a NUL byte", p.display())))
+}
+
+/// Checks what a caller may get wrong, each with a message naming the problem.
+fn validate(spec: &ExecSpec) -> Result<()> {
+    let Some(program) = spec.argv.first() else {
+        return Err(Error::invalid("the command is empty: give a program and its arguments"));
+    };
+    if program.is_empty() {
+        return Err(Error::invalid("the program name is empty"));
+    }
+    for arg in &spec.argv {
+        if arg.contains('\0') {
+            return Err(Error::invalid(format!("the argument `{}` contains a NUL byte", arg.escape_debug())));
+        }
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return Err(Error::invalid(format!("`{}` is not a valid environment variable name", key.escape_debug())));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(format!("the value of {key} contains a NUL byte")));
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        let path = Path::new(cwd.trim_start_matches("/workspace").trim_start_matches('/'));
+        if cwd.contains('\0') || path.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(Error::invalid(format!(
+                "the working directory `{}` must be a folder inside the workspace, without `..`",
+                cwd.escape_debug()
+            )));
+        }
+    }
+    if let Some(dir) = &spec.workspace {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::invalid(format!("the workspace {} is not a folder", dir.display()))),
+            Err(e) => return Err(Error::invalid(format!("the workspace {} cannot be used: {e}", dir.display()))),
+        }
+    }
+    for bind in &spec.binds {
+        if !bind.source.is_absolute() || bind.target.as_ref().is_some_and(|t| !t.is_absolute()) {
+            return Err(Error::invalid(format!("the bind {} must use absolute paths", bind.source.display())));
+        }
+        let target = bind.target.as_deref().unwrap_or(&bind.source);
+        if target.components().any(|c| matches!(c, Component::ParentDir))
+            || ["/", "/proc", "/dev", "/workspace", "/tmp", "/etc"].iter().any(|p| target == Path::new(p))
+        {
+            return Err(Error::invalid(format!("a bind cannot be mounted at {}", target.display())));
+        }
+        if let Err(e) = std::fs::metadata(&bind.source) {
+            return Err(Error::invalid(format!("the bind source {} cannot be used: {e}", bind.source.display())));
+        }
+    }
+    Ok(())
+}
+
+/// The mount plan being built, and its description for the isolation record.
+#[derive(Default)]
+struct PlanBuilder {
+    ops: Vec<Op>,
+    skeleton: Vec<Skel>,
+    /// What each op does, for error messages.
+    names: Vec<String>,
+    described: Vec<String>,
+    dirs: BTreeSet<String>,
+}
+
+impl PlanBuilder {
+    fn op(&mut self, op: Op, description: String) {
+        self.names.push(describe_op(&op));
+        self.ops.push(op);
+        if !description.is_empty() {
+            self.described.push(description);
+        }
+    }
+
+    /// A directory and its parents (relative to the root).
+    fn dir(&mut self, rel: &str) {
+        let mut path = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            if self.dirs.insert(path.clone()) {
+                self.skeleton.push(Skel::Dir(path.clone()));
+            }
+        }
+    }
+
+    fn content(&mut self, rel: &str, content: &[u8]) {
+        self.skeleton.push(Skel::File(rel.into(), content.to_vec()));
+    }
+
+    fn symlink(&mut self, target: &str, rel: &str) {
+        self.skeleton.push(Skel::Symlink(PathBuf::from(target), rel.into()));
+    }
+
+    fn tmpfs(&mut self, rel: &str, options: &str) {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | if rel == "dev" { libc::MS_NOEXEC } else { 0 };
+        self.op(
+            Op::Tmpfs {
+                target: CString::new(rel).expect("constant"),
+                options: CString::new(options).expect("constant"),
+                flags,
+            },
+            format!("/{rel}: tmpfs ({options}), nosuid, nodev"),
+        );
+    }
+
+    /// A host path at `target`: a symlink is recreated, a folder or file bound read-only.
+    fn host_path(&mut self, source: &Path, target: &Path) -> Result<()> {
+        let Ok(meta) = source.symlink_metadata() else { return Ok(()) };
+        let rel = target.strip_prefix("/").unwrap_or(target).to_string_lossy().into_owned();
+        if let Some(parent) = Path::new(&rel).parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.dir(&parent.to_string_lossy());
+        }
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(source).map_err(|e| Error::internal("cannot read a symlink", e))?;
+            self.described.push(format!("{} -> {}", target.display(), link.display()));
+            self.skeleton.push(Skel::Symlink(link, rel));
+            return Ok(());
+        }
+        if meta.is_dir() {
+            self.dir(&rel);
+        } else {
+            self.skeleton.push(Skel::File(rel.clone(), Vec::new()));
+        }
+        self.bind(source, &rel, true)
+    }
+
+    fn bind(&mut self, source: &Path, rel: &str, read_only: bool) -> Result<()> {
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV | locked_flags(source);
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        self.op(
+            Op::Bind { source: cstr_path(source)?, target: cstr(rel)?, flags },
+            format!(
+                "/{rel}: bind of {}, {}, nosuid, nodev",
+                source.display(),
+                if read_only { "read-only" } else { "read-write" }
+            ),
+        );
+        Ok(())
+    }
+
+    fn device(&mut self, name: &str) -> Result<()> {
+        let rel = format!("dev/{name}");
+        self.skeleton.push(Skel::File(rel.clone(), Vec::new()));
+        let source = format!("/dev/{name}");
+        let flags = libc::MS_NOSUID | libc::MS_NOEXEC | locked_flags(Path::new(&source));
+        self.op(Op::Bind { source: cstr(&source)?, target: cstr(&rel)?, flags }, String::new());
+        Ok(())
+    }
+}
+
+/// An entry of a root skeleton: made on the host once, shared by every run with the same
+/// layout (each run mounts onto it in a mount namespace of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Skel {
+    Dir(String),
+    File(String, Vec<u8>),
+    Symlink(PathBuf, String),
+}
+
+/// Makes (once) the skeleton for `entries` under `base`, and returns its path.
+fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::DirBuilderExt as _;
+    let digest = sha2::Sha256::digest(format!("{entries:?}").as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let root = base.join(format!("root-{name}"));
+    if root.is_dir() {
+        return Ok(root);
+    }
+    let io = |e: std::io::Error| Error::internal("cannot build the sandbox's root skeleton", e);
+    let building = base.join(format!(".root-{name}-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| -> std::io::Result<()> {
+        std::fs::DirBuilder::new().mode(0o755).create(&building)?;
+        for entry in entries {
+            match entry {
+                Skel::Dir(rel) => std::fs::DirBuilder::new().mode(0o755).create(building.join(rel))?,
+                Skel::File(rel, content) => std::fs::write(building.join(rel), content)?,
+                Skel::Symlink(target, rel) => std::os::unix::fs::symlink(target, building.join(rel))?,
+            }
+        }
+        std::fs::rename(&building, &root)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&building);
+        // Another run made it first.
+        if root.is_dir() {
+            return Ok(root);
+        }
+        return Err(io(e));
+    }
+    Ok(root)
+}
+
+/// What an op does, in words (for the error naming a failed one).
+fn describe_op(op: &Op) -> String {
+    let show = |c: &CString| format!("/{}", c.to_string_lossy());
+    match op {
+        Op::Bind { source, target, .. } => {
+            format!("binding {} at {}", source.to_string_lossy(), show(target))
+        }
+        Op::Tmpfs { target, .. } => format!("mounting a tmpfs at {}", show(target)),
+        Op::Proc(p) => format!("mounting procfs at {}", show(p)),
+        Op::ReadOnly(p) => format!("making {} read-only", show(p)),
+        Op::Mask { target, .. } => format!("masking {}", show(target)),
+    }
+}
+
+/// The flags of the mount holding `path` that a remount in a user namespace must keep.
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(stat) = nix::sys::statvfs::statvfs(path) else { return 0 };
+    let f = stat.flags();
+    let mut flags = 0;
+    for (st, ms) in [
+        (FsFlags::ST_RDONLY, libc::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, libc::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(st) {
+            flags |= ms;
+        }
+    }
+    flags
+}
+
+struct Prepared {
+    plan: Plan,
+    skeleton: Vec<Skel>,
+    op_names: Vec<String>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    landlock: Option<landlock::Rules>,
+    isolation: Isolation,
+}
+
+/// Probes the host.
+fn probe() -> (Capabilities, Option<Cgroups>) {
+    let root = nix::unistd::geteuid().is_root();
+    let mut problems = Vec::new();
+    let user_namespaces = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_none_or(|n| n > 0);
+    if !user_namespaces {
+        problems.push("user namespaces are disabled: set the sysctl user.max_user_namespaces above 0".into());
+    }
+    let seccomp = Path::new("/proc/sys/kernel/seccomp/actions_avail").exists();
+    if !seccomp {
+        problems.push("seccomp filters are not available: use a kernel built with CONFIG_SECCOMP_FILTER".into());
+    }
+    let landlock_abi = sys::landlock_abi();
+    if landlock_abi == 0 {
+        problems.push(
+            "landlock is not available: Linux 5.13 or newer, with `landlock` in the `lsm=` boot parameter".into(),
+        );
+    }
+    let cgroups = Cgroups::detect();
+    let cgroup = cgroups.as_ref().map_or_else(|| "rlimit only".to_string(), Cgroups::describe);
+    if cgroups.is_none() {
+        problems.push(if root {
+            "no usable memory or pids cgroup: memory and processes are limited by rlimits only (mount cgroup v2 \
+             with the memory and pids controllers enabled)"
+                .into()
+        } else {
+            "no delegated cgroup: memory and processes are limited by rlimits only (run under systemd with \
+             Delegate=yes, or as root)"
+                .into()
+        });
+    }
+    (Capabilities { root, user_namespaces, landlock_abi, seccomp, cgroup, problems }, cgroups)
+}
+
+/// A host uid of the range, held for one run (as root). Held across processes by a lock file.
+struct UidLease {
+    uid: u32,
+    sandbox: Sandbox,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl UidLease {
+    fn take(sandbox: &Sandbox) -> Result<UidLease> {
+        let settings = &sandbox.inner.settings;
+        let dir = settings.scratch_dir.join("uids");
+        ensure_private_dir(&settings.scratch_dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal("cannot create the uid lock folder", e))?;
+        let mut taken = sandbox.inner.uids.lock().expect("uid set poisoned");
+        let start =
+            u32::from_ne_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().expect("16 bytes")) % settings.uid_count;
+        for i in 0..settings.uid_count {
+            let uid = settings.uid_base + (start + i) % settings.uid_count;
+            if taken.contains(&uid) {
+                continue;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(uid.to_string()))
+                .map_err(|e| Error::internal("cannot open a uid lock", e))?;
+            if let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                taken.insert(uid);
+                return Ok(UidLease { uid, sandbox: sandbox.clone(), _lock: lock });
+            }
+        }
+        Err(Error::new(ErrorKind::RateLimited, "every sandbox uid is in use: too many runs at once"))
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        self.sandbox.inner.uids.lock().expect("uid set poisoned").remove(&self.uid);
+    }
+}
+
+/// Creates `dir` (mode 0700) or checks that it is ours and private.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(Error::internal(format!("cannot create the scratch folder {}", dir.display()), e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::internal("cannot inspect the scratch folder", e))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "the scratch folder {} must be a folder owned by this user with mode 0700 (sandbox.scratch_dir)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A run's scratch folder: the root's mount point and, without a workspace, an empty one.
+struct Scratch {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Scratch {
+    fn create(base: &Path, workspace: bool, owner: Option<u32>) -> Result<Scratch> {
+        ensure_private_dir(base)?;
+        let name = format!("run-{}", uuid::Uuid::new_v4().simple());
+        let dir = base.join(&name);
+        let io = |e| Error::internal("cannot create the run's scratch folder", e);
+        std::fs::create_dir(&dir).map_err(io)?;
+        let scratch = Scratch { dir, name };
+        std::fs::create_dir(scratch.dir.join("root")).map_err(io)?;
+        if workspace {
+            let ws = scratch.dir.join("workspace");
+            std::fs::create_dir(&ws).map_err(io)?;
+            if let Some(uid) = owner {
+                nix::unistd::chown(&ws, Some(uid.into()), Some(uid.into())).map_err(|e| io(e.into()))?;
+            }
+        }
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a sandbox scratch folder");
+        }
+    }
+}
+
+/// A launched sandbox: the outer process and the supervisor's ends of the pipes.
+struct Launched {
+    outer: Outer,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    report: OwnedFd,
+    lifeline: Option<OwnedFd>,
+}
+
+/// The outer process; reaped when dropped (on a blocking thread, after killing it if it is
+/// still there), so that no zombie is left whatever happens to the supervising future.
+struct Outer {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Outer {
+    fn reap_now(&mut self) -> Option<i32> {
+        if self.reaped {
+            return None;
+        }
+        self.reaped = true;
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None).ok()?;
+        match status {
+            nix::sys::wait::WaitStatus::Exited(_, code) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Outer {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let pid = self.pid;
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let reap = move || {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn_blocking(reap)),
+                Err(_) => reap(),
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::internal("cannot create a pipe", e))
+}
+
+/// Clones the outer process and does the supervisor's half of the set-up (the id maps, the
+/// cgroup), on the calling thread.
+fn launch(prepared: &mut Prepared, host: (u32, u32), cgroup: Option<&RunCgroup>) -> Result<Launched> {
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (lifeline_r, lifeline_w) = pipe()?;
+    let (sync_parent, sync_child) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| Error::internal("cannot create a socket pair", e))?;
+    let ruleset = match &mut prepared.landlock {
+        Some(rules) => Some(rules.create_ruleset()?),
+        None => None,
+    };
+    let plan = &mut prepared.plan;
+    plan.fds = [
+        stdin_r.as_raw_fd(),
+        stdout_w.as_raw_fd(),
+        stderr_w.as_raw_fd(),
+        report_w.as_raw_fd(),
+        lifeline_r.as_raw_fd(),
+        sync_child.as_raw_fd(),
+        ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+    ];
+    plan.argv = prepared.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    plan.envp = prepared.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+
+    #[allow(unsafe_code)]
+    // SAFETY: the child runs `namespaces::outer`, which allocates nothing and takes no lock,
+    // on the plan prepared above, and never returns.
+    let pid = unsafe { sys::fork_raw(0) }.map_err(|e| Error::internal("cannot start the sandbox", e))?;
+    if pid == 0 {
+        namespaces::outer(plan);
+    }
+    let mut outer = Outer { pid, reaped: false };
+    drop((stdin_r, stdout_w, stderr_w, report_w, lifeline_r, sync_child, ruleset));
+    handshake(&sync_parent, pid, host, cgroup).inspect_err(|_| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        outer.reap_now();
+    })?;
+    Ok(Launched {
+        outer,
+        stdin: stdin_w,
+        stdout: stdout_r,
+        stderr: stderr_r,
+        report: report_r,
+        lifeline: Some(lifeline_w),
+    })
+}
+
+/// Waits for the outer process to unshare, writes its id maps, puts it in the cgroup, and lets
+/// it go on. An early end of the outer process (a failed step) is not an error here: its report
+/// says what happened.
+fn handshake(
+    mut sync: &std::os::unix::net::UnixStream,
+    pid: libc::pid_t,
+    host: (u32, u32),
+    cgroup: Option<&RunCgroup>,
+) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut byte = [0u8];
+    match sync.read(&mut byte) {
+        Ok(1) => {}
+        _ => return Ok(()),
+    }
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let write = |file: &str, content: String| {
+        std::fs::write(proc.join(file), content).map_err(|e| {
+            Error::new(ErrorKind::Unavailable, format!("cannot write the sandbox's {file}: {e}")).with_source(e)
+        })
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{INSIDE_ID} {} 1\n", host.0))?;
+    write("gid_map", format!("{INSIDE_ID} {} 1\n", host.1))?;
+    if let Some(cgroup) = cgroup {
+        cgroup
+            .add(pid)
+            .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot enter the run's cgroup: {e}")))?;
+    }
+    let _ = sync.write_all(b"g");
+    Ok(())
+}
+
+/// What supervision gathered.
+struct Supervised {
+    report: Option<Report>,
+    stdout: Bytes,
+    stdout_truncated: bool,
+    stderr: Bytes,
+    stderr_truncated: bool,
+    timed_out: bool,
+    wall: Duration,
+}
+
+/// Feeds stdin, reads the output, enforces the deadline, and waits for the end.
+async fn supervise(
+    launched: Launched,
+    spec: &ExecSpec,
+    limits: &EffectiveLimits,
+    chunks: Option<mpsc::Sender<OutputChunk>>,
+    started: Instant,
+) -> Result<Supervised> {
+    let pipe_err = |e: std::io::Error| Error::internal("cannot read the sandbox's pipes", e);
+    let Launched { outer, stdin, stdout, stderr, report, mut lifeline } = launched;
+    let input = spec.stdin.clone().unwrap_or_default();
+    let feeder = async move {
+        if input.is_empty() {
+            drop(stdin);
+            return;
+        }
+        if let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(stdin) {
+            let _ = w.write_all(&input).await;
+        }
+    };
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).map_err(pipe_err)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr).map_err(pipe_err)?;
+    let report = tokio::net::unix::pipe::Receiver::from_owned_fd(report).map_err(pipe_err)?;
+    let cap = limits.output;
+    let out_chunks = chunks.clone();
+    let reading = async {
+        let (out, err, rep) = tokio::join!(
+            read_capped(stdout, cap, out_chunks, OutputChunk::Stdout),
+            read_capped(stderr, cap, chunks, OutputChunk::Stderr),
+            read_reports(report),
+        );
+        (out, err, rep)
+    };
+    let deadline = tokio::time::sleep_until((started + limits.wall_time).into());
+    tokio::pin!(reading, deadline, feeder);
+    let mut timed_out = false;
+    let mut fed = false;
+    let ((out, out_truncated), (err, err_truncated), report) = loop {
+        tokio::select! {
+            result = &mut reading => break result,
+            () = &mut deadline, if !timed_out => {
+                timed_out = true;
+                // The outer process kills init, and with it every process of the sandbox.
+                lifeline.take();
+            }
+            () = &mut feeder, if !fed => fed = true,
+        }
+    };
+    let wall = started.elapsed();
+    // Reap the outer process: the pipes closed, so it is exiting (once init has gone).
+    let mut outer = outer;
+    tokio::task::spawn_blocking(move || outer.reap_now()).await.map_err(|e| Error::internal("reaping failed", e))?;
+    Ok(Supervised {
+        report,
+        stdout: out,
+        stdout_truncated: out_truncated,
+        stderr: err,
+        stderr_truncated: err_truncated,
+        timed_out,
+        wall,
+    })
+}
+
+/// Reads a pipe to its end, keeping `cap` bytes and dropping the rest.
+async fn read_capped(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+    cap: u64,
+    chunks: Option<mpsc::Sender<OutputChunk>>,
+    wrap: fn(Bytes) -> OutputChunk,
+) -> (Bytes, bool) {
+    let mut kept = BytesMut::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let room = usize::try_from(cap.saturating_sub(kept.len() as u64)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take < n {
+            truncated = true;
+        }
+        if take > 0 {
+            kept.extend_from_slice(&buf[..take]);
+            if let Some(tx) = &chunks {
+                let _ = tx.send(wrap(Bytes::copy_from_slice(&buf[..take]))).await;
+            }
+        }
+    }
+    (kept.freeze(), truncated)
+}
+
+/// Reads the report pipe to its end; the first failure wins, else the end of the command.
+async fn read_reports(mut pipe: tokio::net::unix::pipe::Receiver) -> Option<Report> {
+    let mut all = Vec::new();
+    let _ = pipe.read_to_end(&mut all).await;
+    let reports: Vec<Report> =
+        all.chunks_exact(REPORT_LEN).filter_map(|c| Report::decode(c.try_into().expect("exact chunks"))).collect();
+    reports
+        .iter()
+        .find(|r| matches!(r, Report::Failed { .. }))
+        .or_else(|| reports.iter().find(|r| matches!(r, Report::Ended { .. })))
+        .copied()
+}
+
+/// Turns what was gathered into an outcome, or a set-up failure into an error.
+fn finish(
+    s: Supervised,
+    stats: Option<cgroup::Stats>,
+    isolation: Isolation,
+    op_names: &[String],
+    spec: &ExecSpec,
+) -> Result<ExecOutcome> {
+    let stats = stats.unwrap_or_default();
+    let (exit_code, signal, cpu, rss) = match s.report {
+        Some(Report::Failed { step, errno, index }) => return Err(setup_error(step, errno, index, spec, op_names)),
+        Some(Report::Ended { status, user_us, system_us, max_rss_kib }) => {
+            let (code, signal) = if libc::WIFEXITED(status) {
+                (Some(libc::WEXITSTATUS(status)), None)
+            } else if libc::WIFSIGNALED(status) {
+                (None, Some(libc::WTERMSIG(status)))
+            } else {
+                (None, None)
+            };
+            (code, signal, Duration::from_micros(user_us + system_us), max_rss_kib * 1024)
+        }
+        // Killed before it could report: the deadline, or the outer process was killed.
+        None if s.timed_out => (None, Some(libc::SIGKILL), Duration::ZERO, 0),
+        None => {
+            return Err(Error::new(ErrorKind::Internal, "the sandbox ended without reporting how its command ended"));
+        }
+    };
+    let cpu = stats.cpu.filter(|c| *c > cpu).unwrap_or(cpu);
+    let oom_killed = stats.oom_kills > 0;
+    let limit = if s.timed_out {
+        Some(LimitKind::WallTime)
+    } else if oom_killed {
+        Some(LimitKind::Memory)
+    } else if signal == Some(libc::SIGXCPU) || (signal == Some(libc::SIGKILL) && cpu >= isolation.limits.cpu_time) {
+        Some(LimitKind::CpuTime)
+    } else if signal == Some(libc::SIGXFSZ) {
+        Some(LimitKind::FileSize)
+    } else if stats.pids_max_hits > 0 {
+        Some(LimitKind::Processes)
+    } else if s.stdout_truncated || s.stderr_truncated {
+        Some(LimitKind::Output)
+    } else {
+        None
+    };
+    Ok(ExecOutcome {
+        exit_code,
+        signal,
+        timed_out: s.timed_out,
+        oom_killed,
+        limit,
+        stdout: s.stdout,
+        stdout_truncated: s.stdout_truncated,
+        stderr: s.stderr,
+        stderr_truncated: s.stderr_truncated,
+        wall_time: s.wall,
+        cpu_time: cpu,
+        peak_memory: stats.peak_memory.unwrap_or(rss),
+        isolation,
+    })
+}
+
+fn setup_error(step: u32, errno: i32, index: u32, spec: &ExecSpec, op_names: &[String]) -> Error {
+    let errno = Errno::from_raw(errno);
+    let Some(step) = Step::from_u32(step) else {
+        return Error::new(ErrorKind::Internal, format!("the sandbox failed at an unknown step: {errno}"));
+    };
+    match (step, errno) {
+        (Step::Exec, Errno::ENOENT) => Error::invalid(format!(
+            "command not found in the sandbox: `{}` (looked on the sandbox's PATH; the host's /usr, /bin, /sbin and /lib are visible, add others with a read-only bind)",
+            spec.argv[0]
+        )),
+        (Step::Exec, Errno::EACCES) => Error::invalid(format!("`{}` is not executable in the sandbox", spec.argv[0])),
+        (Step::Exec, e) => Error::invalid(format!("cannot execute `{}` in the sandbox: {}", spec.argv[0], e.desc())),
+        (Step::WorkingDirectory, e) => Error::invalid(format!(
+            "the working directory /workspace/{} cannot be entered: {}",
+            spec.cwd.as_deref().unwrap_or("").trim_matches('/'),
+            e.desc()
+        )),
+        (Step::Mount, e) => {
+            let what = op_names.get(index as usize).cloned().unwrap_or_else(|| format!("step #{index}"));
+            Error::new(ErrorKind::Unavailable, format!("the sandbox's root cannot be built: {what}: {}", e.desc()))
+        }
+        (step, e) => {
+            Error::new(ErrorKind::Unavailable, format!("the sandbox failed while {}: {}", step.describe(), e.desc()))
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The launched processes: everything here runs in a child of a (possibly multi-threaded)
+//! process, between `clone` and `execve`, and so allocates nothing and takes no lock. It works
+//! from a [`Plan`] the parent prepared.
+//!
+//! Three processes:
+//!
+//! - **outer** (a plain child of the supervisor): drops supplementary groups when it can,
+//!   unshares the user, mount, network, ipc, uts and pid namespaces, tells the parent, which
+//!   writes `setgroups` = deny and the uid and gid maps (and puts it in the run's cgroup), then
+//!   forks *init* and relays: it kills init when the supervisor's lifeline closes (deadline,
+//!   cancel, or the supervisor's death) and exits when init has gone;
+//! - **init** (pid 1 of the new pid namespace): builds the root (tmpfs, read-only binds,
+//!   `/proc`, `/dev`, tmpfs `/tmp` and `/dev/shm`, the workspace), `pivot_root`s into it,
+//!   becomes the sandbox user, drops every capability, sets `no_new_privs`, applies landlock
+//!   and seccomp, forks the command and reaps every process until the command exits, then
+//!   reports its status and resource use; its exit ends every process left in the namespace;
+//! - **command**: a new session, the rlimits, the working directory, then `execve`.
+//!
+//! Failures are reported through the report pipe as fixed-size records ([`Report`]).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use libc::{c_char, c_int, c_ulong};
+use nix::errno::Errno;
+
+use super::sys::{self, Sys};
+
+/// Fixed descriptor numbers in the outer process and its children.
+pub(super) const REPORT_FD: RawFd = 3;
+pub(super) const LIFELINE_FD: RawFd = 4;
+pub(super) const SYNC_FD: RawFd = 5;
+pub(super) const LANDLOCK_FD: RawFd = 6;
+
+/// The sandbox's uid and gid inside its user namespace.
+pub(super) const INSIDE_ID: u32 = 1000;
+
+/// A step of the set-up, named in error reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(super) enum Step {
+    Descriptors = 1,
+    DropGroups,
+    Unshare,
+    Sync,
+    Fork,
+    PrivateMounts,
+    RootTmpfs,
+    Mount,
+    Hostname,
+    Loopback,
+    PivotRoot,
+    ReadOnlyRoot,
+    Cgroup,
+    Ids,
+    Capabilities,
+    NoNewPrivs,
+    Landlock,
+    Seccomp,
+    Session,
+    Rlimit,
+    WorkingDirectory,
+    Exec,
+    Wait,
+}
+
+impl Step {
+    pub(super) fn from_u32(n: u32) -> Option<Step> {
+        use Step::*;
+        [
+            Descriptors,
+            DropGroups,
+            Unshare,
+            Sync,
+            Fork,
+            PrivateMounts,
+            RootTmpfs,
+            Mount,
+            Hostname,
+            Loopback,
+            PivotRoot,
+            ReadOnlyRoot,
+            Cgroup,
+            Ids,
+            Capabilities,
+            NoNewPrivs,
+            Landlock,
+            Seccomp,
+            Session,
+            Rlimit,
+            WorkingDirectory,
+            Exec,
+            Wait,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == n)
+    }
+
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Step::Descriptors => "arranging file descriptors",
+            Step::DropGroups => "dropping supplementary groups",
+            Step::Unshare => "creating the namespaces",
+            Step::Sync => "waiting for the supervisor",
+            Step::Fork => "starting the sandbox's init",
+            Step::PrivateMounts => "making mounts private",
+            Step::RootTmpfs => "binding the sandbox's root",
+            Step::Mount => "mounting",
+            Step::Hostname => "setting the hostname",
+            Step::Loopback => "bringing the loopback interface up",
+            Step::PivotRoot => "pivoting into the sandbox's root",
+            Step::ReadOnlyRoot => "making the root read-only",
+            Step::Cgroup => "entering the cgroup namespace",
+            Step::Ids => "becoming the sandbox user",
+            Step::Capabilities => "dropping capabilities",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Landlock => "applying landlock",
+            Step::Seccomp => "installing the seccomp filter",
+            Step::Session => "starting a session",
+            Step::Rlimit => "setting resource limits",
+            Step::WorkingDirectory => "entering the working directory",
+            Step::Exec => "executing the command",
+            Step::Wait => "waiting for the command",
+        }
+    }
+}
+
+/// A record on the report pipe: 40 bytes, written in one `write` (atomic on a pipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Report {
+    /// A set-up step failed. `index` says which mount, for [`Step::Mount`].
+    Failed { step: u32, errno: i32, index: u32 },
+    /// The command ended: its wait status and the resource use of every process init reaped.
+    Ended { status: i32, user_us: u64, system_us: u64, max_rss_kib: u64 },
+}
+
+pub(super) const REPORT_LEN: usize = 40;
+
+impl Report {
+    pub(super) fn encode(self) -> [u8; REPORT_LEN] {
+        let mut out = [0u8; REPORT_LEN];
+        let (tag, a, b, c, d, e, f): (u32, u32, i32, u32, u64, u64, u64) = match self {
+            Report::Failed { step, errno, index } => (1, step, errno, index, 0, 0, 0),
+            Report::Ended { status, user_us, system_us, max_rss_kib } => {
+                (2, 0, status, 0, user_us, system_us, max_rss_kib)
+            }
+        };
+        out[0..4].copy_from_slice(&tag.to_ne_bytes());
+        out[4..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..12].copy_from_slice(&b.to_ne_bytes());
+        out[12..16].copy_from_slice(&c.to_ne_bytes());
+        out[16..24].copy_from_slice(&d.to_ne_bytes());
+        out[24..32].copy_from_slice(&e.to_ne_bytes());
+        out[32..40].copy_from_slice(&f.to_ne_bytes());
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8; REPORT_LEN]) -> Option<Report> {
+        let u32_at = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_ne_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        match u32_at(0) {
+            1 => Some(Report::Failed { step: u32_at(4), errno: u32_at(8) as i32, index: u32_at(12) }),
+            2 => Some(Report::Ended {
+                status: u32_at(8) as i32,
+                user_us: u64_at(16),
+                system_us: u64_at(24),
+                max_rss_kib: u64_at(32),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One mount of the root, relative to the root (the working directory by then). The root
+/// itself is a skeleton of mount points and generated files the supervisor made on the host.
+pub(super) enum Op {
+    /// A bind mount of a host path, then a remount with `flags` (which include the flags
+    /// locked on the source mount, which must be kept).
+    Bind { source: CString, target: CString, flags: c_ulong },
+    /// A tmpfs with these options.
+    Tmpfs { target: CString, options: CString, flags: c_ulong },
+    /// A fresh procfs (of the new pid namespace).
+    Proc(CString),
+    /// A read-only bind of a path onto itself (parts of `/proc`).
+    ReadOnly(CString),
+    /// An empty read-only tmpfs over a folder (parts of `/proc`), or `/dev/null` over a file.
+    Mask { target: CString, folder: bool },
+}
+
+/// Everything the children need, prepared by the parent.
+pub(super) struct Plan {
+    /// Drop supplementary groups first (the supervisor runs as root).
+    pub(super) drop_groups: bool,
+    /// The skeleton the root is built on (a host folder of mount points).
+    pub(super) root: CString,
+    /// The flags the root's read-only remount must keep.
+    pub(super) root_flags: c_ulong,
+    pub(super) ops: Vec<Op>,
+    pub(super) loopback: bool,
+    pub(super) cgroup_namespace: bool,
+    pub(super) cwd: CString,
+    pub(super) programs: Vec<CString>,
+    pub(super) argv: Vec<*const c_char>,
+    pub(super) envp: Vec<*const c_char>,
+    pub(super) rlimits: Vec<(c_int, u64, u64)>,
+    /// Landlock rules added by init (path in the new root, access), when landlock applies.
+    pub(super) landlock: Option<Vec<(CString, u64)>>,
+    pub(super) seccomp: &'static [seccompiler::BpfProgram],
+    /// The descriptors to install: stdin, stdout, stderr, report, lifeline, sync, landlock.
+    pub(super) fds: [RawFd; 7],
+}
+
+const NOSUID_NODEV: c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+fn fail(step: Step, errno: Errno, index: u32) -> ! {
+    let report = Report::Failed { step: step as u32, errno: errno as i32, index };
+    let _ = sys::write_all(REPORT_FD, &report.encode());
+    sys::exit(127)
+}
+
+trait OrFail<T> {
+    fn or_fail(self, step: Step) -> T;
+}
+
+impl<T> OrFail<T> for Sys<T> {
+    fn or_fail(self, step: Step) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => fail(step, e, 0),
+        }
+    }
+}
+
+/// The outer process. Never returns.
+pub(super) fn outer(plan: &Plan) -> ! {
+    arrange_descriptors(plan).or_fail(Step::Descriptors);
+    if plan.drop_groups {
+        sys::setgroups_none().or_fail(Step::DropGroups);
+    }
+    sys::unshare(
+        libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS,
+    )
+    .or_fail(Step::Unshare);
+    // Tell the supervisor, which writes the maps, then wait for its go.
+    sys::write_all(SYNC_FD, b"u").or_fail(Step::Sync);
+    if !sys::read_byte(SYNC_FD).or_fail(Step::Sync) {
+        sys::exit(127);
+    }
+    sys::close(SYNC_FD);
+    #[allow(unsafe_code)]
+    // SAFETY: this process is single-threaded (a raw clone of one thread).
+    let init = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
+    if init == 0 {
+        sys::close(LIFELINE_FD);
+        // Dies with this process; if that happened already, leave at once.
+        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong).or_fail(Step::Fork);
+        init_process(plan);
+    }
+    for fd in [0, 1, 2, LANDLOCK_FD] {
+        sys::close(fd);
+    }
+    let pidfd = sys::pidfd_open(init).or_fail(Step::Wait);
+    let mut fds = [
+        libc::pollfd { fd: LIFELINE_FD, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        sys::poll_in(&mut fds).or_fail(Step::Wait);
+        if fds[0].revents != 0 {
+            sys::kill(init, libc::SIGKILL);
+        }
+        if fds[1].revents != 0 || fds[0].revents != 0 {
+            let status = sys::wait_pid(init).or_fail(Step::Wait);
+            sys::exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 125 });
+        }
+    }
+}
+
+/// Moves the plan's descriptors to their fixed numbers and closes every other one.
+fn arrange_descriptors(plan: &Plan) -> Sys {
+    // Out of the way first (above any fixed number), then into place.
+    let mut high = [0 as RawFd; 7];
+    for (slot, &fd) in high.iter_mut().zip(&plan.fds) {
+        *slot = if fd < 0 { -1 } else { sys::dup_above(fd, 16)? };
+    }
+    for (target, &fd) in high.iter().enumerate() {
+        if fd >= 0 {
+            // stdio is inherited by the command; the others are close-on-exec.
+            sys::dup_to(fd, target as RawFd, target > 2)?;
+        }
+    }
+    sys::close_from(LANDLOCK_FD + 1)
+}
+
+/// Init: builds the root, hardens itself, runs the command, reaps.
+fn init_process(plan: &Plan) -> ! {
+    if plan.cgroup_namespace {
+        sys::unshare(libc::CLONE_NEWCGROUP).or_fail(Step::Cgroup);
+    }
+    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).or_fail(Step::PrivateMounts);
+    sys::mount(Some(&plan.root), &plan.root, None, libc::MS_BIND, None).or_fail(Step::RootTmpfs);
+    sys::chdir(&plan.root).or_fail(Step::RootTmpfs);
+    for (index, op) in plan.ops.iter().enumerate() {
+        if let Err(e) = run_op(op) {
+            fail(Step::Mount, e, index as u32);
+        }
+    }
+    sys::sethostname(b"sandbox").or_fail(Step::Hostname);
+    if plan.loopback {
+        sys::loopback_up().or_fail(Step::Loopback);
+    }
+    sys::pivot_root(c".", c".").or_fail(Step::PivotRoot);
+    sys::umount_detach(c".").or_fail(Step::PivotRoot);
+    sys::chdir(c"/").or_fail(Step::PivotRoot);
+    sys::mount(
+        None,
+        c"/",
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | NOSUID_NODEV | plan.root_flags,
+        None,
+    )
+    .or_fail(Step::ReadOnlyRoot);
+    sys::setresgid(INSIDE_ID).or_fail(Step::Ids);
+    sys::setresuid(INSIDE_ID).or_fail(Step::Ids);
+    sys::prctl(libc::PR_SET_DUMPABLE, 0).or_fail(Step::Ids);
+    sys::drop_capabilities().or_fail(Step::Capabilities);
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).or_fail(Step::NoNewPrivs);
+    if let Some(rules) = &plan.landlock {
+        for (path, access) in rules {
+            sys::landlock_allow(LANDLOCK_FD, path, *access).or_fail(Step::Landlock);
+        }
+        sys::landlock_restrict(LANDLOCK_FD).or_fail(Step::Landlock);
+    }
+    sys::close(LANDLOCK_FD);
+    for program in plan.seccomp {
+        sys::seccomp_install(program).or_fail(Step::Seccomp);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: single-threaded.
+    let command = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
+    if command == 0 {
+        command_process(plan);
+    }
+    sys::close(0);
+    sys::close(1);
+    sys::close(2);
+    loop {
+        match sys::wait_any() {
+            Ok((pid, status)) if pid == command => {
+                let usage = sys::rusage_children();
+                let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+                let report = Report::Ended {
+                    status,
+                    user_us: micros(usage.ru_utime),
+                    system_us: micros(usage.ru_stime),
+                    max_rss_kib: usage.ru_maxrss as u64,
+                };
+                let _ = sys::write_all(REPORT_FD, &report.encode());
+                sys::exit(0);
+            }
+            Ok(_) => {}
+            Err(e) => fail(Step::Wait, e, 0),
+        }
+    }
+}
+
+fn run_op(op: &Op) -> Sys {
+    match op {
+        Op::Bind { source, target, flags } => {
+            sys::mount(Some(source), target, None, libc::MS_BIND, None)?;
+            sys::mount(None, target, None, libc::MS_REMOUNT | libc::MS_BIND | flags, None)
+        }
+        Op::Tmpfs { target, options, flags } => {
+            sys::mount(Some(c"tmpfs"), target, Some(c"tmpfs"), *flags, Some(options))
+        }
+        Op::Proc(target) => sys::mount(Some(c"proc"), target, Some(c"proc"), NOSUID_NODEV | libc::MS_NOEXEC, None),
+        Op::ReadOnly(target) => {
+            sys::mount(Some(target), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+            sys::mount(
+                None,
+                target,
+                None,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | NOSUID_NODEV | libc::MS_NOEXEC,
+                None,
+            )
+        }
+        Op::Mask { target, folder: true } => sys::mount(
+            Some(c"tmpfs"),
+            target,
+            Some(c"tmpfs"),
+            libc::MS_RDONLY | NOSUID_NODEV | libc::MS_NOEXEC,
+            Some(c"size=0,nr_inodes=1,mode=0555"),
+        ),
+        Op::Mask { target, folder: false } => {
+            sys::mount(Some(c"dev/null"), target, None, libc::MS_BIND, None)?;
+            sys::mount(
+                None,
+                target,
+                None,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+                None,
+            )
+        }
+    }
+}
+
+/// The command: a session, limits, the working directory, exec.
+fn command_process(plan: &Plan) -> ! {
+    sys::setsid().or_fail(Step::Session);
+    for &(resource, soft, hard) in &plan.rlimits {
+        sys::setrlimit(resource, soft, hard).or_fail(Step::Rlimit);
+    }
+    sys::chdir(&plan.cwd).or_fail(Step::WorkingDirectory);
+    let mut error = Errno::ENOENT;
+    for program in &plan.programs {
+        match sys::execve(program, &plan.argv, &plan.envp) {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            // Keep looking on PATH, but report this one if nothing better turns up.
+            e @ Errno::EACCES => error = e,
+            e => fail(Step::Exec, e, 0),
+        }
+    }
+    fail(Step::Exec, error, 0)
+}
