@@ -146,6 +146,18 @@ impl Cgroups {
         format!("{version} ({})", controllers.join(", "))
     }
 
+    /// Removes the (empty) run cgroups whose name `stale` says are left over.
+    pub(super) fn sweep(&self, stale: impl Fn(&str) -> bool) {
+        for parent in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+            let Ok(entries) = std::fs::read_dir(parent) else { continue };
+            for entry in entries.flatten() {
+                if entry.path().is_dir() && stale(&entry.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
     /// Makes a run's cgroup with `limits`.
     pub(super) fn create(&self, name: &str, limits: &EffectiveLimits) -> io::Result<RunCgroup> {
         let make = |parent: &Option<PathBuf>| -> io::Result<Option<PathBuf>> {

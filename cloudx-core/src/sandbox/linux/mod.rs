@@ -191,8 +191,6 @@ impl Sandbox {
         let (host_uid, host_gid) = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
         let scratch =
             Scratch::create(&self.inner.settings.scratch_dir, spec.workspace.is_none(), lease.as_ref().map(|l| l.uid))?;
-        let mut prepared = self.prepare(&spec, &limits, &scratch.dir, (host_uid, host_gid))?;
-        prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
         let cgroup = match &self.inner.cgroups {
             Some(cgroups) => Some(
                 cgroups
@@ -202,14 +200,29 @@ impl Sandbox {
             None => None,
         };
         let started = Instant::now();
-        let launched = launch(&mut prepared, (host_uid, host_gid), cgroup.as_ref())?;
+        let (launched, isolation, op_names) =
+            self.start(&spec, &limits, &scratch.dir, (host_uid, host_gid), cgroup.as_ref())?;
         let result = supervise(launched, &spec, &limits, chunks, started).await;
         let stats = cgroup.as_ref().map(RunCgroup::stats);
         drop(cgroup);
         drop(scratch);
         drop(lease);
         let supervised = result?;
-        finish(supervised, stats, prepared.isolation, &prepared.op_names, &spec)
+        finish(supervised, stats, isolation, &op_names, &spec)
+    }
+
+    /// Prepares and launches a run (synchronously: the plan holds raw pointers for the child).
+    fn start(
+        &self,
+        spec: &ExecSpec,
+        limits: &EffectiveLimits,
+        scratch: &Path,
+        host: (u32, u32),
+        cgroup: Option<&RunCgroup>,
+    ) -> Result<(Launched, Isolation, Vec<String>)> {
+        let mut prepared = self.prepare(spec, limits, scratch, host)?;
+        prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
+        launch(prepared, host, cgroup)
     }
 
     /// Builds the plan of a run and its isolation record.
@@ -792,6 +805,26 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pid in a run's name (`run-<pid>-<id>`), when that process is gone.
+fn dead_owner(name: &str) -> bool {
+    let Some(pid) = name.strip_prefix("run-").and_then(|rest| rest.split('-').next()) else { return false };
+    pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes what runs of dead processes left (a crash, a kill): scratch folders and cgroups.
+fn sweep(scratch: &Path, cgroups: Option<&Cgroups>) {
+    if let Ok(entries) = std::fs::read_dir(scratch) {
+        for entry in entries.flatten() {
+            if dead_owner(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    if let Some(cgroups) = cgroups {
+        cgroups.sweep(|name| name.strip_prefix("cloudx-").is_some_and(dead_owner));
+    }
+}
+
 /// A run's scratch folder: the root's mount point and, without a workspace, an empty one.
 struct Scratch {
     dir: PathBuf,
@@ -801,7 +834,7 @@ struct Scratch {
 impl Scratch {
     fn create(base: &Path, workspace: bool, owner: Option<u32>) -> Result<Scratch> {
         ensure_private_dir(base)?;
-        let name = format!("run-{}", uuid::Uuid::new_v4().simple());
+        let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let dir = base.join(&name);
         let io = |e| Error::internal("cannot create the run's scratch folder", e);
         std::fs::create_dir(&dir).map_err(io)?;
@@ -879,7 +912,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 /// Clones the outer process and does the supervisor's half of the set-up (the id maps, the
 /// cgroup), on the calling thread.
-fn launch(prepared: &mut Prepared, host: (u32, u32), cgroup: Option<&RunCgroup>) -> Result<Launched> {
+fn launch(
+    mut prepared: Prepared,
+    host: (u32, u32),
+    cgroup: Option<&RunCgroup>,
+) -> Result<(Launched, Isolation, Vec<String>)> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -917,14 +954,15 @@ fn launch(prepared: &mut Prepared, host: (u32, u32), cgroup: Option<&RunCgroup>)
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         outer.reap_now();
     })?;
-    Ok(Launched {
+    let launched = Launched {
         outer,
         stdin: stdin_w,
         stdout: stdout_r,
         stderr: stderr_r,
         report: report_r,
         lifeline: Some(lifeline_w),
-    })
+    };
+    Ok((launched, prepared.isolation, prepared.op_names))
 }
 
 /// Waits for the outer process to unshare, writes its id maps, puts it in the cgroup, and lets

@@ -98,8 +98,9 @@ pub(super) fn unshare(flags: c_int) -> Sys {
 }
 
 pub(super) fn setgroups_none() -> Sys {
-    // SAFETY: an empty list.
-    check(unsafe { libc::setgroups(0, std::ptr::null()) }.into()).map(drop)
+    // SAFETY: an empty list. The raw system call: glibc's wrapper broadcasts to every thread
+    // under a lock another thread of the parent may have held at the fork.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) }).map(drop)
 }
 
 pub(super) fn setresuid(uid: libc::uid_t) -> Sys {
