@@ -65,6 +65,13 @@ pub(crate) enum Command {
     /// Maintain this instance's blob store (on its database and object store).
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Run a command in the sandbox on a local folder, streaming its output; exits with the
+    /// command's exit code (124 when the wall-clock limit killed it, 128+N for signal N).
+    /// Opens no database and creates no data folder.
+    Run(RunArgs),
+    /// The sandbox on this host.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Print the version.
     Version,
 }
@@ -379,5 +386,73 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Network: `none` (no interface up) or `loopback` (the sandbox's own loopback only).
+    #[arg(long, default_value = "none", value_name = "MODE")]
+    pub(crate) net: String,
+    /// Memory limit (e.g. 512M, 2G: binary units, as in container tools; 500MB is decimal).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) mem: Option<u64>,
+    /// Wall-clock limit (e.g. 10s, 2m).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) time: Option<humantime::Duration>,
+    /// CPU-time limit (e.g. 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) cpu: Option<humantime::Duration>,
+    /// Processes (and threads) at once.
+    #[arg(long, value_name = "N")]
+    pub(crate) pids: Option<u64>,
+    /// Bytes kept of each of stdout and stderr (e.g. 1M); the rest is dropped.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) output: Option<u64>,
+    /// The folder mounted read-write at /workspace (default: an empty scratch folder).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// The working directory, relative to /workspace.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) cwd: Option<String>,
+    /// An environment variable for the command (repeatable); nothing else of yours is passed.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+    /// A host path bound read-only into the sandbox, as SRC or SRC:DST (repeatable).
+    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    pub(crate) binds: Vec<String>,
+    /// Print the isolation record of the run (namespaces, mounts, landlock, seccomp, limits)
+    /// on stderr when it ends.
+    #[arg(long)]
+    pub(crate) explain: bool,
+    /// Print the whole outcome as JSON on stdout when the run ends (the output is then not
+    /// streamed).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SandboxCommand {
+    /// Report what this host supports for the sandbox and what is missing, with the fix.
+    Check,
+}
+
+/// A size: `512M`, `2G`, `64k` in binary units (as container tools read them), or anything
+/// `bytesize` reads (`1.5 GiB`, `500MB`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let binary = |digits: &str, shift: u32| -> Result<u64, String> {
+        let n: u64 = digits.trim().parse().map_err(|_| format!("`{text}` is not a size (e.g. 512M, 2G)"))?;
+        n.checked_mul(1u64 << shift).ok_or_else(|| format!("`{text}` is too large"))
+    };
+    match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => binary(&t[..i], 10),
+        Some((i, 'm' | 'M')) => binary(&t[..i], 20),
+        Some((i, 'g' | 'G')) => binary(&t[..i], 30),
+        Some((i, 't' | 'T')) => binary(&t[..i], 40),
+        _ => t.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("`{text}` is not a size: {e}")),
     }
 }

@@ -22,6 +22,19 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(args) = cli.command {
+        // The command's own exit code, or ours on failure.
+        return match commands::load_config(&cli.global, |l| l)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| runtime()?.block_on(commands::sandbox::run(&config, args)))
+        {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                let _ = writeln!(std::io::stderr(), "error: {err:#}");
+                ExitCode::from(exit_code(&err))
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -90,6 +103,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = commands::load_config(&global, |l| l)?;
             init_logging(config.profile, "warn");
             runtime()?.block_on(commands::projects::storage(config, command))
+        }
+        Command::Run(_) => unreachable!("handled in main"),
+        Command::Sandbox(command) => {
+            let config = commands::load_config(&global, |l| l)?;
+            commands::sandbox::sandbox(&config, command)
         }
         Command::Serve(args) => {
             let config = commands::load_config(&global, |l| match &args.bind {

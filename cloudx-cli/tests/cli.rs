@@ -521,3 +521,89 @@ async fn without_a_login_projects_and_files_act_on_the_local_instance() {
     let audit = text(&cli(&["audit", "list"]).stdout);
     assert!(audit.contains("file_write") && audit.contains("project_create"), "{audit}");
 }
+
+#[test]
+fn run_streams_output_and_exits_with_the_commands_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path()).args(["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]));
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    // No database, no data folder.
+    assert!(!dir.path().join("cloudx-data").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let out = run(cloudx(dir.path()).args(["run", "--time", "300ms", "--", "sleep", "10"]));
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("wall-clock limit of 300ms"), "{}", text(&out.stderr));
+
+    let out = run(cloudx(dir.path()).args(["run", "--", "no-such-tool"]));
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out.stderr).contains("command not found in the sandbox: `no-such-tool`"), "{}", text(&out.stderr));
+
+    let out = run(cloudx(dir.path()).args(["run", "--", "sh", "-c", "kill -KILL $$"]));
+    assert_eq!(out.status.code(), Some(128 + 9));
+
+    let out = run(cloudx(dir.path()).args(["run", "--net", "internet", "--", "true"]));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unknown network mode `internet`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_on_a_folder_with_env_and_piped_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("input.txt"), "from the host\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = cloudx(dir.path());
+    cmd.args([
+        "run",
+        "--dir",
+        "work",
+        "-e",
+        "NAME=sandbox",
+        "--",
+        "sh",
+        "-c",
+        "cat input.txt; cat; echo \"hi $NAME\" > out.txt",
+    ]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from the host\npiped\n");
+    assert_eq!(std::fs::read_to_string(work.join("out.txt")).unwrap(), "hi sandbox\n");
+}
+
+#[test]
+fn run_explain_and_sandbox_check_say_what_protects_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(cloudx(dir.path()).args(["run", "--explain", "--mem", "256M", "--pids", "32", "--", "true"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let explained = text(&out.stderr);
+    for needle in [
+        "isolation of this run",
+        "user, pid, mount, network, ipc, uts, cgroup",
+        "setgroups denied",
+        "landlock",
+        "io_uring_setup",
+        "256.0 MiB",
+        "process limit  32",
+        "/usr: bind of /usr, read-only",
+    ] {
+        assert!(explained.contains(needle), "{needle} missing from:\n{explained}");
+    }
+    let out = run(cloudx(dir.path()).args(["run", "--json", "--", "echo", "hi"]));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["stdout"], "hi\n");
+    assert_eq!(outcome["exit_code"], 0);
+    assert_eq!(outcome["isolation"]["capabilities"], "none");
+
+    let out = run(cloudx(dir.path()).args(["sandbox", "check"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("ok   user namespaces") && report.contains("the sandbox can run here"), "{report}");
+}

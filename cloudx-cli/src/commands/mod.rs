@@ -3,6 +3,7 @@
 pub(crate) mod config;
 pub(crate) mod projects;
 pub(crate) mod remote;
+pub(crate) mod sandbox;
 pub(crate) mod serve;
 pub(crate) mod sync;
 pub(crate) mod target;

@@ -32,7 +32,8 @@ fn abi_of(version: u8) -> ABI {
         3 => ABI::V3,
         4 => ABI::V4,
         5 => ABI::V5,
-        _ => ABI::V6,
+        6 => ABI::V6,
+        _ => ABI::V7,
     }
 }
 
@@ -65,7 +66,7 @@ impl Rules {
         } else {
             (BitFlags::empty(), Vec::new())
         };
-        Ok(Rules { abi: kernel_abi.min(6), handled: all, scoped, child_rules, described, scopes })
+        Ok(Rules { abi: kernel_abi.min(7), handled: all, scoped, child_rules, described, scopes })
     }
 
     /// A new ruleset descriptor for one run (the rules are added by init).

@@ -125,6 +125,7 @@ impl Sandbox {
                  set sandbox.allow_degraded = true to run without it",
             ));
         }
+        sweep(&settings.scratch_dir, cgroups.as_ref());
         Ok(Sandbox { inner: Arc::new(Inner { settings, capabilities, cgroups, uids: Mutex::new(BTreeSet::new()) }) })
     }
 
@@ -321,16 +322,17 @@ impl Sandbox {
         // Limits that are not the cgroup's.
         let secs = limits.cpu_time.as_secs().max(1);
         let mut rlimits = vec![
-            (libc::RLIMIT_CPU as i32, secs, secs + 1),
-            (libc::RLIMIT_FSIZE as i32, limits.file_size, limits.file_size),
-            (libc::RLIMIT_NOFILE as i32, limits.open_files, limits.open_files),
-            (libc::RLIMIT_NPROC as i32, limits.processes + 1, limits.processes + 1),
-            (libc::RLIMIT_CORE as i32, 0, 0),
+            ("RLIMIT_CPU", libc::RLIMIT_CPU, secs, secs + 1),
+            ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE, limits.file_size, limits.file_size),
+            ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE, limits.open_files, limits.open_files),
+            // Init counts too: it has the sandbox's uid.
+            ("RLIMIT_NPROC", libc::RLIMIT_NPROC, limits.processes + 1, limits.processes + 1),
+            ("RLIMIT_CORE", libc::RLIMIT_CORE, 0, 0),
         ];
         let memory_cgroup = self.inner.cgroups.as_ref().is_some_and(Cgroups::has_memory);
         let pids_cgroup = self.inner.cgroups.as_ref().is_some_and(Cgroups::has_pids);
         if !memory_cgroup {
-            rlimits.push((libc::RLIMIT_AS as i32, limits.memory, limits.memory));
+            rlimits.push(("RLIMIT_AS", libc::RLIMIT_AS, limits.memory, limits.memory));
         }
 
         let landlock = if caps.landlock_abi > 0 { Some(landlock::Rules::new(caps.landlock_abi)?) } else { None };
@@ -361,7 +363,7 @@ impl Sandbox {
             seccomp_denied: filters.denied.clone(),
             memory_limit: if memory_cgroup { self.cgroup_mode() } else { "rlimit (RLIMIT_AS, per process)".into() },
             process_limit: if pids_cgroup { self.cgroup_mode() } else { "rlimit (RLIMIT_NPROC)".into() },
-            rlimits: rlimits.iter().map(|&(r, soft, _)| format!("{}={soft}", rlimit_name(r))).collect(),
+            rlimits: rlimits.iter().map(|&(name, _, soft, _)| format!("{name}={soft}")).collect(),
             network: spec.network,
             capabilities: "none",
             no_new_privs: true,
@@ -379,7 +381,7 @@ impl Sandbox {
             programs,
             argv: Vec::new(),
             envp: Vec::new(),
-            rlimits,
+            rlimits: rlimits.iter().map(|&(_, resource, soft, hard)| (resource, soft, hard)).collect(),
             landlock: landlock.as_ref().map(|l| l.child_rules.iter().map(|(p, a)| (p.clone(), *a)).collect()),
             seccomp: &filters.programs,
             fds: [-1; 7],
@@ -441,18 +443,6 @@ const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
 fn tmpfs_inodes(size: u64) -> u64 {
     (size / 4096).clamp(1024, 1 << 20)
-}
-
-fn rlimit_name(resource: i32) -> &'static str {
-    match resource as u32 {
-        r if r == libc::RLIMIT_CPU as u32 => "RLIMIT_CPU",
-        r if r == libc::RLIMIT_FSIZE as u32 => "RLIMIT_FSIZE",
-        r if r == libc::RLIMIT_NOFILE as u32 => "RLIMIT_NOFILE",
-        r if r == libc::RLIMIT_NPROC as u32 => "RLIMIT_NPROC",
-        r if r == libc::RLIMIT_CORE as u32 => "RLIMIT_CORE",
-        r if r == libc::RLIMIT_AS as u32 => "RLIMIT_AS",
-        _ => "RLIMIT_?",
-    }
 }
 
 fn cstr(s: &str) -> Result<CString> {

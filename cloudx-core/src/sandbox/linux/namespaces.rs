@@ -21,7 +21,7 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-use libc::{c_char, c_int, c_ulong};
+use libc::{c_char, c_ulong};
 use nix::errno::Errno;
 
 use super::sys::{self, Sys};
@@ -202,7 +202,7 @@ pub(super) struct Plan {
     pub(super) programs: Vec<CString>,
     pub(super) argv: Vec<*const c_char>,
     pub(super) envp: Vec<*const c_char>,
-    pub(super) rlimits: Vec<(c_int, u64, u64)>,
+    pub(super) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     /// Landlock rules added by init (path in the new root, access), when landlock applies.
     pub(super) landlock: Option<Vec<(CString, u64)>>,
     pub(super) seccomp: &'static [seccompiler::BpfProgram],

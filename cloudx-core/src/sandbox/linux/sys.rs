@@ -129,10 +129,10 @@ pub(super) fn setsid() -> Sys {
     check(unsafe { libc::setsid() }.into()).map(drop)
 }
 
-pub(super) fn setrlimit(resource: c_int, soft: u64, hard: u64) -> Sys {
+pub(super) fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Sys {
     let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: a valid struct on the stack.
-    check(unsafe { libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) }.into()).map(drop)
+    check(unsafe { libc::setrlimit(resource, &limit) }.into()).map(drop)
 }
 
 /// Duplicates `from` onto `to` (replacing it), close-on-exec or not.
