@@ -31,12 +31,19 @@ pub(crate) async fn run(config: &CloudxConfig, args: RunArgs) -> anyhow::Result<
         sandbox.exec(spec).await
     } else {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<OutputChunk>(64);
+        // Each chunk takes the stream's lock only while it is written: anything else that
+        // writes to stderr meanwhile (a log line) must not wait for the run to end.
         let printer = tokio::task::spawn_blocking(move || {
-            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             while let Some(chunk) = rx.blocking_recv() {
                 let _ = match chunk {
-                    OutputChunk::Stdout(b) => out.write_all(&b).and_then(|()| out.flush()),
-                    OutputChunk::Stderr(b) => err.write_all(&b).and_then(|()| err.flush()),
+                    OutputChunk::Stdout(b) => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&b).and_then(|()| out.flush())
+                    }
+                    OutputChunk::Stderr(b) => {
+                        let mut err = std::io::stderr().lock();
+                        err.write_all(&b).and_then(|()| err.flush())
+                    }
                 };
             }
         });

@@ -121,7 +121,9 @@ impl Cgroups {
         if memory.is_none() && pids.is_none() {
             return None;
         }
-        Some(Cgroups { version: Version::V1, memory, pids, cpu: v1("cpuacct") })
+        // CPU time comes from the processes' resource use: joining a third v1 hierarchy costs
+        // each run another cgroup migration (a millisecond here).
+        Some(Cgroups { version: Version::V1, memory, pids, cpu: None })
     }
 
     pub(super) fn has_memory(&self) -> bool {
@@ -241,19 +243,37 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        for dir in self.dirs() {
-            // Every process has gone (init's end killed them all), but the kernel may take a
-            // moment to release the last one.
-            for attempt in 0..50 {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if attempt == 49 => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a sandbox cgroup");
+        // Every process has gone (init's end killed them all), but the kernel may take a
+        // moment to release the last one's memory; the run does not wait for that: a folder
+        // still busy is removed by a background thread.
+        let busy: Vec<PathBuf> = self
+            .dirs()
+            .filter(|dir| match std::fs::remove_dir(dir) {
+                Ok(()) => false,
+                Err(e) => e.kind() != io::ErrorKind::NotFound,
+            })
+            .cloned()
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        let remove = move || {
+            for dir in busy {
+                for attempt in 0..500 {
+                    match std::fs::remove_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                        Err(e) if attempt == 499 => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a sandbox cgroup");
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }

@@ -158,7 +158,8 @@ impl Sandbox {
     /// The isolation record a run of `spec` would have, without running it.
     pub fn explain(&self, spec: &ExecSpec) -> Result<Isolation> {
         let limits = self.limits(spec);
-        let prepared = self.prepare(spec, &limits, Path::new("/nonexistent"), self.inside_host_ids(None))?;
+        let workspace = spec.workspace.clone().unwrap_or_else(|| self.inner.settings.scratch_dir.join("run-…"));
+        let prepared = self.prepare(spec, &limits, &workspace, self.inside_host_ids(None))?;
         Ok(prepared.isolation)
     }
 
@@ -190,19 +191,27 @@ impl Sandbox {
         let limits = self.limits(&spec);
         let lease = if self.inner.capabilities.root { Some(UidLease::take(self)?) } else { None };
         let (host_uid, host_gid) = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
-        let scratch =
-            Scratch::create(&self.inner.settings.scratch_dir, spec.workspace.is_none(), lease.as_ref().map(|l| l.uid))?;
+        let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let scratch = match &spec.workspace {
+            Some(_) => None,
+            None => Some(Scratch::create(&self.inner.settings.scratch_dir, &name, lease.as_ref().map(|l| l.uid))?),
+        };
         let cgroup = match &self.inner.cgroups {
             Some(cgroups) => Some(
                 cgroups
-                    .create(&scratch.name, &limits)
+                    .create(&name, &limits)
                     .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
             ),
             None => None,
         };
+        let workspace = match (&spec.workspace, &scratch) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(scratch)) => scratch.dir.clone(),
+            (None, None) => unreachable!("a scratch workspace is made when none is given"),
+        };
         let started = Instant::now();
         let (launched, isolation, op_names) =
-            self.start(&spec, &limits, &scratch.dir, (host_uid, host_gid), cgroup.as_ref())?;
+            self.start(&spec, &limits, &workspace, (host_uid, host_gid), cgroup.as_ref())?;
         let result = supervise(launched, &spec, &limits, chunks, started).await;
         let stats = cgroup.as_ref().map(RunCgroup::stats);
         drop(cgroup);
@@ -217,17 +226,23 @@ impl Sandbox {
         &self,
         spec: &ExecSpec,
         limits: &EffectiveLimits,
-        scratch: &Path,
+        workspace: &Path,
         host: (u32, u32),
         cgroup: Option<&RunCgroup>,
     ) -> Result<(Launched, Isolation, Vec<String>)> {
-        let mut prepared = self.prepare(spec, limits, scratch, host)?;
+        let mut prepared = self.prepare(spec, limits, workspace, host)?;
         prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
         launch(prepared, host, cgroup)
     }
 
     /// Builds the plan of a run and its isolation record.
-    fn prepare(&self, spec: &ExecSpec, limits: &EffectiveLimits, scratch: &Path, host: (u32, u32)) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        spec: &ExecSpec,
+        limits: &EffectiveLimits,
+        workspace: &Path,
+        host: (u32, u32),
+    ) -> Result<Prepared> {
         let caps = &self.inner.capabilities;
         let mut builder = PlanBuilder::default();
         // The system folders, read-only (symlinks where the host has them: merged /usr).
@@ -235,10 +250,10 @@ impl Sandbox {
             builder.host_path(Path::new(dir), Path::new(dir))?;
         }
         builder.dir("etc");
-        for file in ETC_FILES {
-            let path = Path::new("/etc").join(file);
-            if path.symlink_metadata().is_ok() {
-                builder.host_path(&path, &path)?;
+        for name in ETC_FILES {
+            let path = Path::new("/etc").join(name);
+            if let Ok(meta) = path.symlink_metadata() {
+                builder.copy(&path, &format!("etc/{name}"), &meta);
             }
         }
         builder.content("etc/passwd", PASSWD);
@@ -246,9 +261,8 @@ impl Sandbox {
         builder.content("etc/hosts", HOSTS);
         builder.content("etc/hostname", b"sandbox\n");
         builder.content("etc/resolv.conf", b"");
-        let workspace = spec.workspace.clone().unwrap_or_else(|| scratch.join("workspace"));
         builder.dir("workspace");
-        builder.bind(&workspace, "workspace", false)?;
+        builder.bind(workspace, "workspace", false)?;
         let tmpfs = format!("size={},nr_inodes={},mode=1777", limits.tmpfs_size, tmpfs_inodes(limits.tmpfs_size));
         builder.dir("tmp");
         builder.tmpfs("tmp", &tmpfs);
@@ -394,7 +408,9 @@ impl Sandbox {
     }
 }
 
-/// Files of the host's `/etc` the sandbox sees (read-only), when they exist.
+/// What of the host's `/etc` the sandbox sees, when it exists: copied into the root skeleton
+/// (read-only inside), which is rebuilt when one of them changes. Never `/etc/ssl/private`,
+/// `/etc/shadow` or anything else not listed.
 const ETC_FILES: &[&str] = &[
     "ld.so.cache",
     "ld.so.conf",
@@ -402,7 +418,8 @@ const ETC_FILES: &[&str] = &[
     "localtime",
     "alternatives",
     "nsswitch.conf",
-    "ssl",
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates",
     "ca-certificates.conf",
     "mime.types",
@@ -550,6 +567,17 @@ impl PlanBuilder {
         self.skeleton.push(Skel::Symlink(PathBuf::from(target), rel.into()));
     }
 
+    /// A copy of a host file, folder (recursively) or symlink in the skeleton; its size and
+    /// modification time are part of the skeleton's key, so a change makes a new skeleton.
+    fn copy(&mut self, source: &Path, rel: &str, meta: &std::fs::Metadata) {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some(parent) = Path::new(rel).parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.dir(&parent.to_string_lossy());
+        }
+        self.skeleton.push(Skel::Copy(source.to_path_buf(), rel.into(), meta.len(), meta.mtime(), meta.mtime_nsec()));
+        self.described.push(format!("/{rel}: copy of {} (read-only)", source.display()));
+    }
+
     fn tmpfs(&mut self, rel: &str, options: &str) {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | if rel == "dev" { libc::MS_NOEXEC } else { 0 };
         self.op(
@@ -603,8 +631,7 @@ impl PlanBuilder {
         let rel = format!("dev/{name}");
         self.skeleton.push(Skel::File(rel.clone(), Vec::new()));
         let source = format!("/dev/{name}");
-        let flags = libc::MS_NOSUID | libc::MS_NOEXEC | locked_flags(Path::new(&source));
-        self.op(Op::Bind { source: cstr(&source)?, target: cstr(&rel)?, flags }, String::new());
+        self.op(Op::Device { source: cstr(&source)?, target: cstr(&rel)? }, String::new());
         Ok(())
     }
 }
@@ -616,6 +643,37 @@ enum Skel {
     Dir(String),
     File(String, Vec<u8>),
     Symlink(PathBuf, String),
+    /// A host path copied: (source, target, size, mtime seconds, mtime nanoseconds).
+    Copy(PathBuf, String, u64, i64, i64),
+}
+
+/// Copies a host file, symlink or folder (recursively) into a skeleton: regular files with
+/// mode 0644 (0755 if executable), symlinks as they are, nothing else (devices, sockets, and
+/// whatever this process cannot read are left out).
+fn copy_tree(source: &Path, target: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = source.symlink_metadata()?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(source)?, target)
+    } else if kind.is_dir() {
+        std::fs::create_dir(target)?;
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(source)? {
+            let entry = entry?;
+            match copy_tree(&entry.path(), &target.join(entry.file_name())) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    } else if kind.is_file() {
+        std::fs::copy(source, target)?;
+        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+    } else {
+        Ok(())
+    }
 }
 
 /// Makes (once) the skeleton for `entries` under `base`, and returns its path.
@@ -637,6 +695,10 @@ fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
                 Skel::Dir(rel) => std::fs::DirBuilder::new().mode(0o755).create(building.join(rel))?,
                 Skel::File(rel, content) => std::fs::write(building.join(rel), content)?,
                 Skel::Symlink(target, rel) => std::os::unix::fs::symlink(target, building.join(rel))?,
+                Skel::Copy(source, rel, ..) => match copy_tree(source, &building.join(rel)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                    other => other?,
+                },
             }
         }
         std::fs::rename(&building, &root)
@@ -660,6 +722,7 @@ fn describe_op(op: &Op) -> String {
             format!("binding {} at {}", source.to_string_lossy(), show(target))
         }
         Op::Tmpfs { target, .. } => format!("mounting a tmpfs at {}", show(target)),
+        Op::Device { source, .. } => format!("binding the device {}", source.to_string_lossy()),
         Op::Proc(p) => format!("mounting procfs at {}", show(p)),
         Op::ReadOnly(p) => format!("making {} read-only", show(p)),
         Op::Mask { target, .. } => format!("masking {}", show(target)),
@@ -815,27 +878,21 @@ fn sweep(scratch: &Path, cgroups: Option<&Cgroups>) {
     }
 }
 
-/// A run's scratch folder: the root's mount point and, without a workspace, an empty one.
+/// A run's empty workspace, when it was given none; removed afterwards.
 struct Scratch {
     dir: PathBuf,
-    name: String,
 }
 
 impl Scratch {
-    fn create(base: &Path, workspace: bool, owner: Option<u32>) -> Result<Scratch> {
+    /// An empty workspace for a run, owned by the sandbox's uid.
+    fn create(base: &Path, name: &str, owner: Option<u32>) -> Result<Scratch> {
         ensure_private_dir(base)?;
-        let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let dir = base.join(&name);
+        let dir = base.join(name);
         let io = |e| Error::internal("cannot create the run's scratch folder", e);
         std::fs::create_dir(&dir).map_err(io)?;
-        let scratch = Scratch { dir, name };
-        std::fs::create_dir(scratch.dir.join("root")).map_err(io)?;
-        if workspace {
-            let ws = scratch.dir.join("workspace");
-            std::fs::create_dir(&ws).map_err(io)?;
-            if let Some(uid) = owner {
-                nix::unistd::chown(&ws, Some(uid.into()), Some(uid.into())).map_err(|e| io(e.into()))?;
-            }
+        let scratch = Scratch { dir };
+        if let Some(uid) = owner {
+            nix::unistd::chown(&scratch.dir, Some(uid.into()), Some(uid.into())).map_err(|e| io(e.into()))?;
         }
         Ok(scratch)
     }

@@ -177,6 +177,9 @@ pub(super) enum Op {
     /// A bind mount of a host path, then a remount with `flags` (which include the flags
     /// locked on the source mount, which must be kept).
     Bind { source: CString, target: CString, flags: c_ulong },
+    /// A bind of a host device node (it keeps its mount's nosuid; the root's flags do not
+    /// matter for a device file).
+    Device { source: CString, target: CString },
     /// A tmpfs with these options.
     Tmpfs { target: CString, options: CString, flags: c_ulong },
     /// A fresh procfs (of the new pid namespace).
@@ -375,6 +378,7 @@ fn run_op(op: &Op) -> Sys {
             sys::mount(Some(source), target, None, libc::MS_BIND, None)?;
             sys::mount(None, target, None, libc::MS_REMOUNT | libc::MS_BIND | flags, None)
         }
+        Op::Device { source, target } => sys::mount(Some(source), target, None, libc::MS_BIND, None),
         Op::Tmpfs { target, options, flags } => {
             sys::mount(Some(c"tmpfs"), target, Some(c"tmpfs"), *flags, Some(options))
         }
@@ -398,6 +402,8 @@ fn run_op(op: &Op) -> Sys {
         ),
         Op::Mask { target, folder: false } => {
             sys::mount(Some(c"dev/null"), target, None, libc::MS_BIND, None)?;
+            // Read-only too: writing to /dev/null is harmless, but a masked file should not
+            // look writable.
             sys::mount(
                 None,
                 target,
