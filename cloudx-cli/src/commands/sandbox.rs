@@ -25,6 +25,9 @@ pub(crate) mod exit {
 
 /// `cloudx run`: returns the exit code to leave with.
 pub(crate) async fn run(config: &CloudxConfig, args: RunArgs) -> anyhow::Result<u8> {
+    if !config.sandbox.enabled {
+        anyhow::bail!("the sandbox is disabled on this host (sandbox.enabled = false): nothing may run");
+    }
     let spec = spec(&args)?;
     let sandbox = Sandbox::new(SandboxSettings::from_config(&config.sandbox))?;
     let outcome = if args.json {

@@ -65,35 +65,34 @@ pub(super) enum Step {
 }
 
 impl Step {
+    const ALL: [Step; 23] = [
+        Step::Descriptors,
+        Step::DropGroups,
+        Step::Unshare,
+        Step::Sync,
+        Step::Fork,
+        Step::PrivateMounts,
+        Step::RootTmpfs,
+        Step::Mount,
+        Step::Hostname,
+        Step::Loopback,
+        Step::PivotRoot,
+        Step::ReadOnlyRoot,
+        Step::Cgroup,
+        Step::Ids,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
+        Step::Session,
+        Step::Rlimit,
+        Step::WorkingDirectory,
+        Step::Exec,
+        Step::Wait,
+    ];
+
     pub(super) fn from_u32(n: u32) -> Option<Step> {
-        use Step::*;
-        [
-            Descriptors,
-            DropGroups,
-            Unshare,
-            Sync,
-            Fork,
-            PrivateMounts,
-            RootTmpfs,
-            Mount,
-            Hostname,
-            Loopback,
-            PivotRoot,
-            ReadOnlyRoot,
-            Cgroup,
-            Ids,
-            Capabilities,
-            NoNewPrivs,
-            Landlock,
-            Seccomp,
-            Session,
-            Rlimit,
-            WorkingDirectory,
-            Exec,
-            Wait,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == n)
+        Self::ALL.into_iter().find(|s| *s as u32 == n)
     }
 
     pub(super) fn describe(self) -> &'static str {
@@ -198,16 +197,24 @@ pub(super) struct Plan {
     pub(super) root: CString,
     /// The flags the root's read-only remount must keep.
     pub(super) root_flags: c_ulong,
+    /// The mounts, in order, relative to the root.
     pub(super) ops: Vec<Op>,
+    /// Bring the loopback interface up.
     pub(super) loopback: bool,
+    /// Give init a cgroup namespace of its own (rooted at the run's cgroup).
     pub(super) cgroup_namespace: bool,
+    /// The command's working directory, absolute in the new root.
     pub(super) cwd: CString,
+    /// Where the program may be, tried in order (its path, or each `PATH` entry + its name).
     pub(super) programs: Vec<CString>,
+    /// `argv` and `envp` as null-terminated pointer arrays into strings the parent keeps.
     pub(super) argv: Vec<*const c_char>,
     pub(super) envp: Vec<*const c_char>,
+    /// (resource, soft, hard), set in the command.
     pub(super) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     /// Landlock rules added by init (path in the new root, access), when landlock applies.
     pub(super) landlock: Option<Vec<(CString, u64)>>,
+    /// The filters, installed in order.
     pub(super) seccomp: &'static [seccompiler::BpfProgram],
     /// The descriptors to install: stdin, stdout, stderr, report, lifeline, sync, landlock.
     pub(super) fds: [RawFd; 7],
