@@ -210,8 +210,15 @@ impl Sandbox {
             (None, None) => unreachable!("a scratch workspace is made when none is given"),
         };
         let started = Instant::now();
-        let (launched, isolation, op_names) =
-            self.start(&spec, &limits, &workspace, (host_uid, host_gid), cgroup.as_ref())?;
+        // Planning, the clone and the handshake block (about a millisecond): off the runtime.
+        let (sandbox, planned, planned_limits) = (self.clone(), spec.clone(), limits.clone());
+        let (launched, isolation, op_names, cgroup) = tokio::task::spawn_blocking(move || {
+            sandbox
+                .start(&planned, &planned_limits, &workspace, (host_uid, host_gid), cgroup.as_ref())
+                .map(|(launched, isolation, op_names)| (launched, isolation, op_names, cgroup))
+        })
+        .await
+        .map_err(|e| Error::internal("the sandbox's launching thread failed", e))??;
         let result = supervise(launched, &spec, &limits, chunks, started).await;
         let stats = cgroup.as_ref().map(RunCgroup::stats);
         drop(cgroup);
