@@ -997,3 +997,40 @@ fn cgroup_leftovers() -> Vec<PathBuf> {
     }
     found
 }
+
+#[tokio::test]
+async fn signals_start_at_their_defaults() {
+    // Rust ignores SIGPIPE in the supervisor; an ignored signal would survive the exec.
+    let out = sandbox().exec(sh("yes | head -n 1; grep -E '^Sig(Ign|Blk)' /proc/self/status")).await.unwrap();
+    assert_eq!(text(&out.stdout), "y\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_no_process_behind() {
+    let _shared = GATE.read().await;
+    let word = format!("sleep {}.5", 7000 + std::process::id() % 1000);
+    let sb = sandbox();
+    let run = sb.exec(sh(&format!("{word}; echo never")));
+    assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err());
+    // Dropping the run killed the outer process; init dies with it, and the command with init.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leftovers(&word).is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leftovers(&word).unwrap();
+}
+
+#[tokio::test]
+async fn workspaces_and_binds_may_not_overlap_the_scratch_folder() {
+    let sb = sandbox();
+    let scratch = sb.settings().scratch_dir.clone();
+    let mut spec = sh("true");
+    spec.workspace = Some(scratch.parent().unwrap().to_path_buf());
+    let err = sb.exec(spec).await.unwrap_err();
+    assert!(err.message().contains("overlaps the sandbox's scratch folder"), "{err}");
+    let mut spec = sh("true");
+    spec.binds = vec![cloudx_core::sandbox::Bind { source: scratch.clone(), target: Some("/scratch".into()) }];
+    let err = sb.exec(spec).await.unwrap_err();
+    assert!(err.message().contains("overlaps"), "{err}");
+}

@@ -125,6 +125,7 @@ impl Sandbox {
                  set sandbox.allow_degraded = true to run without it",
             ));
         }
+        ensure_private_dir(&settings.scratch_dir)?;
         sweep(&settings.scratch_dir, cgroups.as_ref());
         Ok(Sandbox { inner: Arc::new(Inner { settings, capabilities, cgroups, uids: Mutex::new(BTreeSet::new()) }) })
     }
@@ -187,7 +188,7 @@ impl Sandbox {
     }
 
     async fn run(&self, spec: ExecSpec, chunks: Option<mpsc::Sender<OutputChunk>>) -> Result<ExecOutcome> {
-        validate(&spec)?;
+        validate(&spec, &self.inner.settings.scratch_dir)?;
         let limits = self.limits(&spec);
         let lease = if self.inner.capabilities.root { Some(UidLease::take(self)?) } else { None };
         let (host_uid, host_gid) = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
@@ -479,7 +480,7 @@ fn cstr_path(p: &Path) -> Result<CString> {
 }
 
 /// Checks what a caller may get wrong, each with a message naming the problem.
-fn validate(spec: &ExecSpec) -> Result<()> {
+fn validate(spec: &ExecSpec, scratch: &Path) -> Result<()> {
     let Some(program) = spec.argv.first() else {
         return Err(Error::invalid("the command is empty: give a program and its arguments"));
     };
@@ -508,7 +509,18 @@ fn validate(spec: &ExecSpec) -> Result<()> {
             )));
         }
     }
+    // The scratch folder holds the root skeletons and other runs' workspaces: no run may see it.
+    let scratch = std::fs::canonicalize(scratch).unwrap_or_else(|_| scratch.to_path_buf());
+    let overlaps =
+        |path: &Path| std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(&scratch) || scratch.starts_with(&p));
     if let Some(dir) = &spec.workspace {
+        if overlaps(dir) {
+            return Err(Error::invalid(format!(
+                "the workspace {} overlaps the sandbox's scratch folder {} (sandbox.scratch_dir)",
+                dir.display(),
+                scratch.display()
+            )));
+        }
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(Error::invalid(format!("the workspace {} is not a folder", dir.display()))),
@@ -524,6 +536,13 @@ fn validate(spec: &ExecSpec) -> Result<()> {
             || ["/", "/proc", "/dev", "/workspace", "/tmp", "/etc"].iter().any(|p| target == Path::new(p))
         {
             return Err(Error::invalid(format!("a bind cannot be mounted at {}", target.display())));
+        }
+        if overlaps(&bind.source) {
+            return Err(Error::invalid(format!(
+                "the bind {} overlaps the sandbox's scratch folder {}",
+                bind.source.display(),
+                scratch.display()
+            )));
         }
         if let Err(e) = std::fs::metadata(&bind.source) {
             return Err(Error::invalid(format!("the bind source {} cannot be used: {e}", bind.source.display())));
@@ -586,7 +605,7 @@ impl PlanBuilder {
     }
 
     fn tmpfs(&mut self, rel: &str, options: &str) {
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | if rel == "dev" { libc::MS_NOEXEC } else { 0 };
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | if rel == "dev/shm" { libc::MS_NOEXEC } else { 0 };
         self.op(
             Op::Tmpfs {
                 target: CString::new(rel).expect("constant"),
@@ -690,7 +709,7 @@ fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
     let digest = sha2::Sha256::digest(format!("{entries:?}").as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let root = base.join(format!("root-{name}"));
-    if root.is_dir() {
+    if is_ours(&root) {
         return Ok(root);
     }
     let io = |e: std::io::Error| Error::internal("cannot build the sandbox's root skeleton", e);
@@ -713,12 +732,20 @@ fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&building);
         // Another run made it first.
-        if root.is_dir() {
+        if is_ours(&root) {
             return Ok(root);
         }
         return Err(io(e));
     }
     Ok(root)
+}
+
+/// Whether `path` is a real folder (not a symlink) owned by this process's user: a skeleton
+/// someone else planted is never used.
+fn is_ours(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    path.symlink_metadata()
+        .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0)
 }
 
 /// What an op does, in words (for the error naming a failed one).

@@ -243,7 +243,11 @@ impl<T> OrFail<T> for Sys<T> {
 
 /// The outer process. Never returns.
 pub(super) fn outer(plan: &Plan) -> ! {
-    arrange_descriptors(plan).or_fail(Step::Descriptors);
+    sys::reset_signals();
+    // Until the descriptors are in place, fd 3 may be one of the supervisor's: no report.
+    if arrange_descriptors(plan).is_err() {
+        sys::exit(127);
+    }
     if plan.drop_groups {
         sys::setgroups_none().or_fail(Step::DropGroups);
     }
@@ -262,15 +266,18 @@ pub(super) fn outer(plan: &Plan) -> ! {
         sys::exit(127);
     }
     sys::close(SYNC_FD);
+    // Init watches this pipe's read end: it hangs up when this process is gone.
+    let (alive_r, alive_w) = sys::pipe().or_fail(Step::Fork);
     #[allow(unsafe_code)]
     // SAFETY: this process is single-threaded (a raw clone of one thread).
     let init = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
     if init == 0 {
         sys::close(LIFELINE_FD);
-        // Dies with this process; if that happened already, leave at once.
-        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong).or_fail(Step::Fork);
-        init_process(plan);
+        sys::close(alive_w);
+        die_with_outer(alive_r);
+        init_process(plan, alive_r);
     }
+    sys::close(alive_r);
     for fd in [0, 1, 2, LANDLOCK_FD] {
         sys::close(fd);
     }
@@ -302,13 +309,26 @@ fn arrange_descriptors(plan: &Plan) -> Sys {
         if fd >= 0 {
             // stdio is inherited by the command; the others are close-on-exec.
             sys::dup_to(fd, target as RawFd, target > 2)?;
+        } else {
+            // An empty slot (no landlock ruleset) must not keep the supervisor's descriptor.
+            sys::close(target as RawFd);
         }
     }
     sys::close_from(LANDLOCK_FD + 1)
 }
 
+/// Makes init die with the outer process: the parent-death signal (which the kernel clears on
+/// every change of ids, so this is called again after them), then a check that the outer
+/// process had not already gone.
+fn die_with_outer(alive: RawFd) {
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong).or_fail(Step::Fork);
+    if sys::hung_up(alive) {
+        sys::exit(127);
+    }
+}
+
 /// Init: builds the root, hardens itself, runs the command, reaps.
-fn init_process(plan: &Plan) -> ! {
+fn init_process(plan: &Plan, alive: RawFd) -> ! {
     if plan.cgroup_namespace {
         sys::unshare(libc::CLONE_NEWCGROUP).or_fail(Step::Cgroup);
     }
@@ -337,6 +357,8 @@ fn init_process(plan: &Plan) -> ! {
     .or_fail(Step::ReadOnlyRoot);
     sys::setresgid(INSIDE_ID).or_fail(Step::Ids);
     sys::setresuid(INSIDE_ID).or_fail(Step::Ids);
+    die_with_outer(alive);
+    sys::close(alive);
     sys::prctl(libc::PR_SET_DUMPABLE, 0).or_fail(Step::Ids);
     sys::drop_capabilities().or_fail(Step::Capabilities);
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).or_fail(Step::NoNewPrivs);

@@ -153,6 +153,43 @@ pub(super) fn close_from(first: RawFd) -> Sys {
     check(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) }).map(drop)
 }
 
+/// A pipe, both ends close-on-exec: (read, write).
+pub(super) fn pipe() -> Sys<(RawFd, RawFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: a valid two-element out-array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    Ok((fds[0], fds[1]))
+}
+
+/// Whether the write end of the pipe whose read end is `fd` is closed everywhere.
+pub(super) fn hung_up(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; no timeout.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Puts every signal back to its default action and unblocks them all: the supervisor's
+/// handlers (and Rust's ignored SIGPIPE, which an exec would keep) must not reach the sandbox.
+pub(super) fn reset_signals() {
+    // The kernel's struct sigaction: handler, flags, restorer, mask; all zero is SIG_DFL. The
+    // raw call: glibc's wrapper refuses its own signals (32, 33), which stay ignored otherwise.
+    let action = [0u64; 4];
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid kernel sigaction and the 8-byte signal set size the kernel expects.
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, action.as_ptr(), std::ptr::null::<u64>(), 8usize) };
+    }
+    // SAFETY: an empty set, filled in on the stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 pub(super) fn pidfd_open(pid: libc::pid_t) -> Sys<RawFd> {
     // SAFETY: no pointers.
     check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(|fd| fd as RawFd)
