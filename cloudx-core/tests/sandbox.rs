@@ -79,8 +79,9 @@ fn bait() -> &'static Bait {
         let unix_socket = dir.join("service.sock");
         let unix = std::os::unix::net::UnixListener::bind(&unix_socket).unwrap();
         std::thread::spawn(move || for _ in unix.incoming() {});
+        // Bounded: it outlives the suite (a minute or two), then goes on its own.
         let host = std::process::Command::new("sleep")
-            .arg("3600")
+            .arg("600")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
