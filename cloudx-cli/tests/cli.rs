@@ -19,6 +19,15 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("cloudx runs")
 }
 
+/// Makes the administrator root@example.com on the instance in `dir`, as the local operator.
+fn add_local_admin(dir: &Path) {
+    let out = run_with_stdin(
+        cloudx(dir).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -324,11 +333,7 @@ async fn login_stores_a_private_session_that_apikey_commands_use_and_refresh() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = run_with_stdin(
-        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
-        ADMIN_PASSWORD,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    add_local_admin(dir.path());
     let serve = Serve::start(dir.path(), &[]);
     let cli = |args: &[&str]| {
         let mut cmd = cloudx(dir.path());
@@ -393,11 +398,7 @@ async fn login_stores_a_private_session_that_apikey_commands_use_and_refresh() {
 async fn projects_files_push_and_pull_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = run_with_stdin(
-        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
-        ADMIN_PASSWORD,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    add_local_admin(dir.path());
     let serve = Serve::start(dir.path(), &[]);
     let cli = |args: &[&str]| {
         let mut cmd = cloudx(dir.path());
@@ -494,11 +495,7 @@ async fn projects_files_push_and_pull_through_the_daemon() {
 async fn without_a_login_projects_and_files_act_on_the_local_instance() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let out = run_with_stdin(
-        cloudx(dir.path()).args(["user", "add", "root@example.com", "--admin", "--password-stdin"]),
-        ADMIN_PASSWORD,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    add_local_admin(dir.path());
     let cli = |args: &[&str]| {
         let mut cmd = cloudx(dir.path());
         cmd.env("HOME", &home).args(args);

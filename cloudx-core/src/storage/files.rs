@@ -580,28 +580,21 @@ impl Storage {
             // The current tree comes back as one JSON document built by the database: one row
             // instead of one per file (which costs a thread hand-off per row with SQLite).
             None => {
-                let json: Option<String> = match &self.db {
-                    Database::Sqlite(pool) => sqlx::query_scalar(
+                let sql = match &self.db {
+                    Database::Sqlite(_) => {
                         "SELECT json_group_array(json_object('path', path, 'version', version, 'sha256', sha256, \
                          'size', size, 'content_type', content_type, 'modified_at', modified_at) ORDER BY path) \
-                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3",
-                    )
-                    .bind(project)
-                    .bind(&lo)
-                    .bind(&hi)
-                    .fetch_one(pool)
-                    .await,
-                    Database::Postgres(pool) => sqlx::query_scalar(
+                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3"
+                    }
+                    Database::Postgres(_) => {
                         "SELECT COALESCE(json_agg(json_build_object('path', path, 'version', version, 'sha256', sha256, \
                          'size', size, 'content_type', content_type, 'modified_at', modified_at) ORDER BY path), '[]')::text \
-                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3",
-                    )
-                    .bind(project)
-                    .bind(&lo)
-                    .bind(&hi)
-                    .fetch_one(pool)
-                    .await,
-                }
+                         FROM files WHERE project_id = $1 AND path >= $2 AND path < $3"
+                    }
+                };
+                let json: Option<String> = on_db!(&self.db, |pool| {
+                    sqlx::query_scalar(sql).bind(project).bind(&lo).bind(&hi).fetch_one(pool).await
+                })
                 .map_err(|e| db_error("listing files", e))?;
                 return serde_json::from_str(json.as_deref().unwrap_or("[]"))
                     .map_err(|e| Error::internal("the database's listing cannot be read", e));
