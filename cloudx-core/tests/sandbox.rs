@@ -1035,3 +1035,41 @@ async fn workspaces_and_binds_may_not_overlap_the_scratch_folder() {
     let err = sb.exec(spec).await.unwrap_err();
     assert!(err.message().contains("overlaps"), "{err}");
 }
+
+#[tokio::test]
+async fn a_given_folder_stays_its_owners() {
+    use std::os::unix::fs::MetadataExt as _;
+    let sb = sandbox();
+    let root = nix::unistd::geteuid().is_root();
+    // The test user's folder; as root, another user's folder too (the sandbox runs as a uid of
+    // its range, so only an idmapped mount lets it write there).
+    let mine = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let mut folders =
+        vec![(mine.path().to_path_buf(), nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())];
+    if root {
+        nix::unistd::chown(theirs.path(), Some(4242.into()), Some(4343.into())).unwrap();
+        folders.push((theirs.path().to_path_buf(), 4242, 4343));
+    }
+    for (dir, uid, gid) in folders {
+        std::fs::write(dir.join("old"), "old\n").unwrap();
+        nix::unistd::chown(&dir.join("old"), Some(uid.into()), Some(gid.into())).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().mode();
+        let mut spec =
+            sh("echo more >> old && echo new > new && mkdir sub && echo x > sub/f && stat -c '%u %g' . old new sub/f");
+        spec.workspace = Some(dir.clone());
+        let out = sb.exec(spec).await.unwrap();
+        assert!(out.success(), "{}: {}", dir.display(), text(&out.stderr));
+        assert_eq!(text(&out.stdout), "1000 1000\n".repeat(4), "inside, the folder is the sandbox user's");
+        if root {
+            assert!(out.isolation.mounts.iter().any(|m| m.contains("idmapped")), "{:?}", out.isolation.mounts);
+        }
+        for name in ["old", "new", "sub", "sub/f"] {
+            let meta = std::fs::metadata(dir.join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{name} must belong to the folder's owner");
+        }
+        assert_eq!(std::fs::read_to_string(dir.join("old")).unwrap(), "old\nmore\n");
+        let after = std::fs::metadata(&dir).unwrap();
+        assert_eq!((after.uid(), after.gid(), after.mode()), (uid, gid, mode), "the folder itself is untouched");
+    }
+}

@@ -240,7 +240,11 @@ impl Sandbox {
     ) -> Result<(Launched, Isolation, Vec<String>)> {
         let mut prepared = self.prepare(spec, limits, workspace, host)?;
         prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
-        launch(prepared, host, cgroup)
+        let idmapped = match prepared.idmap {
+            Some(owner) => Some(idmapped_tree(workspace, owner, host)?),
+            None => None,
+        };
+        launch(prepared, host, cgroup, idmapped)
     }
 
     /// Builds the plan of a run and its isolation record.
@@ -270,7 +274,16 @@ impl Sandbox {
         builder.content("etc/hostname", b"sandbox\n");
         builder.content("etc/resolv.conf", b"");
         builder.dir("workspace");
-        builder.bind(workspace, "workspace", false)?;
+        // As root, a given folder is idmapped: its owner appears as the sandbox's user, and
+        // what the sandbox writes belongs to the owner (never to the sandbox's stray uid).
+        let idmap = match &spec.workspace {
+            Some(dir) if caps.root => Some(owner_of(dir)?).filter(|owner| *owner != host),
+            _ => None,
+        };
+        match idmap {
+            Some(owner) => builder.idmapped(workspace, "workspace", owner)?,
+            None => builder.bind(workspace, "workspace", false)?,
+        }
         let tmpfs = format!("size={},nr_inodes={},mode=1777", limits.tmpfs_size, tmpfs_inodes(limits.tmpfs_size));
         builder.dir("tmp");
         builder.tmpfs("tmp", &tmpfs);
@@ -406,9 +419,18 @@ impl Sandbox {
             rlimits: rlimits.iter().map(|&(_, resource, soft, hard)| (resource, soft, hard)).collect(),
             landlock: landlock.as_ref().map(|l| l.child_rules.iter().map(|(p, a)| (p.clone(), *a)).collect()),
             seccomp: &filters.programs,
-            fds: [-1; 7],
+            fds: [-1; 8],
         };
-        Ok(Prepared { plan, op_names: builder.names, skeleton: builder.skeleton, argv, envp, landlock, isolation })
+        Ok(Prepared {
+            plan,
+            op_names: builder.names,
+            skeleton: builder.skeleton,
+            argv,
+            envp,
+            landlock,
+            isolation,
+            idmap,
+        })
     }
 
     fn cgroup_mode(&self) -> String {
@@ -653,6 +675,22 @@ impl PlanBuilder {
         Ok(())
     }
 
+    /// The host folder `source` at `rel`, read-write, through an idmapped mount that shows
+    /// its owner's ids as the sandbox's (made by the supervisor, attached by init).
+    fn idmapped(&mut self, source: &Path, rel: &str, owner: (u32, u32)) -> Result<()> {
+        self.op(
+            Op::Attach(cstr(rel)?),
+            format!(
+                "/{rel}: idmapped bind of {} (its owner {}:{} appears as the sandbox's user, and owns what it \
+                 writes), read-write, nosuid, nodev",
+                source.display(),
+                owner.0,
+                owner.1
+            ),
+        );
+        Ok(())
+    }
+
     fn device(&mut self, name: &str) -> Result<()> {
         let rel = format!("dev/{name}");
         self.skeleton.push(Skel::File(rel.clone(), Vec::new()));
@@ -760,6 +798,7 @@ fn describe_op(op: &Op) -> String {
         Op::Proc(p) => format!("mounting procfs at {}", show(p)),
         Op::ReadOnly(p) => format!("making {} read-only", show(p)),
         Op::Mask { target, .. } => format!("masking {}", show(target)),
+        Op::Attach(target) => format!("attaching the idmapped workspace at {}", show(target)),
     }
 }
 
@@ -791,6 +830,72 @@ struct Prepared {
     envp: Vec<CString>,
     landlock: Option<landlock::Rules>,
     isolation: Isolation,
+    /// The owner (uid, gid) of a workspace mounted idmapped.
+    idmap: Option<(u32, u32)>,
+}
+
+/// The owner of `dir`.
+fn owner_of(dir: &Path) -> Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::invalid(format!("the workspace {} cannot be used: {e}", dir.display())))?;
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// A detached mount of `dir`, idmapped so that its owner's ids appear as the sandbox's host
+/// ids `host` (and the sandbox's writes land as the owner's), nosuid and nodev. Needs root
+/// and a file system that supports idmapped mounts (ext4, xfs, btrfs, tmpfs, ...).
+fn idmapped_tree(dir: &Path, owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let userns = mapping_namespace(owner, host)?;
+    let unavailable = |what: &str, e: Errno| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "cannot give the sandbox the folder {} through an idmapped mount ({what}: {}); its file system may \
+                 not support idmapped mounts: run cloudx as the folder's owner instead of root",
+                dir.display(),
+                e.desc()
+            ),
+        )
+    };
+    let fd = sys::open_tree_clone(&cstr_path(dir)?).map_err(|e| unavailable("open_tree", e))?;
+    // SAFETY: a descriptor open_tree just returned, owned by nothing else.
+    #[allow(unsafe_code)]
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    sys::mount_setattr_idmap(tree.as_raw_fd(), userns.as_raw_fd(), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+        .map_err(|e| unavailable("mount_setattr", e))?;
+    Ok(tree)
+}
+
+/// A user namespace mapping `owner` (inside) to `host` (outside), held by its descriptor: made
+/// by a child that unshares nothing else and waits until the map is written and the namespace
+/// opened.
+fn mapping_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
+    let (hold_r, hold_w) = pipe()?;
+    let (r, w) = (hold_r.as_raw_fd(), hold_w.as_raw_fd());
+    #[allow(unsafe_code)]
+    // SAFETY: the child only makes raw system calls (no allocation, no lock) and exits.
+    let pid = unsafe { sys::fork_raw(libc::CLONE_NEWUSER) }
+        .map_err(|e| Error::internal("cannot create the idmapping's user namespace", e))?;
+    if pid == 0 {
+        sys::close(w);
+        let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        let _ = sys::read_byte(r);
+        sys::exit(0);
+    }
+    drop(hold_r);
+    let mut child = Outer { pid, reaped: false };
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let made = (|| -> std::io::Result<OwnedFd> {
+        std::fs::write(proc.join("uid_map"), format!("{} {} 1\n", owner.0, host.0))?;
+        std::fs::write(proc.join("setgroups"), "deny")?;
+        std::fs::write(proc.join("gid_map"), format!("{} {} 1\n", owner.1, host.1))?;
+        Ok(std::fs::File::open(proc.join("ns/user"))?.into())
+    })();
+    drop(hold_w);
+    child.reap_now();
+    made.map_err(|e| Error::internal("cannot map the idmapping's user namespace", e))
 }
 
 /// Probes the host.
@@ -997,6 +1102,7 @@ fn launch(
     mut prepared: Prepared,
     host: (u32, u32),
     cgroup: Option<&RunCgroup>,
+    idmapped: Option<OwnedFd>,
 ) -> Result<(Launched, Isolation, Vec<String>)> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -1018,6 +1124,7 @@ fn launch(
         lifeline_r.as_raw_fd(),
         sync_child.as_raw_fd(),
         ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        idmapped.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
     ];
     plan.argv = prepared.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     plan.envp = prepared.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
@@ -1030,7 +1137,7 @@ fn launch(
         namespaces::outer(plan);
     }
     let mut outer = Outer { pid, reaped: false };
-    drop((stdin_r, stdout_w, stderr_w, report_w, lifeline_r, sync_child, ruleset));
+    drop((stdin_r, stdout_w, stderr_w, report_w, lifeline_r, sync_child, ruleset, idmapped));
     handshake(&sync_parent, pid, host, cgroup).inspect_err(|_| {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         outer.reap_now();

@@ -31,6 +31,8 @@ pub(super) const REPORT_FD: RawFd = 3;
 pub(super) const LIFELINE_FD: RawFd = 4;
 pub(super) const SYNC_FD: RawFd = 5;
 pub(super) const LANDLOCK_FD: RawFd = 6;
+/// A detached, idmapped mount of the workspace, made by the supervisor (as root).
+pub(super) const IDMAPPED_FD: RawFd = 7;
 
 /// The sandbox's uid and gid inside its user namespace.
 pub(super) const INSIDE_ID: u32 = 1000;
@@ -187,6 +189,8 @@ pub(super) enum Op {
     ReadOnly(CString),
     /// An empty read-only tmpfs over a folder (parts of `/proc`), or `/dev/null` over a file.
     Mask { target: CString, folder: bool },
+    /// The supervisor's detached idmapped mount ([`IDMAPPED_FD`]) attached here.
+    Attach(CString),
 }
 
 /// Everything the children need, prepared by the parent.
@@ -216,8 +220,9 @@ pub(super) struct Plan {
     pub(super) landlock: Option<Vec<(CString, u64)>>,
     /// The filters, installed in order.
     pub(super) seccomp: &'static [seccompiler::BpfProgram],
-    /// The descriptors to install: stdin, stdout, stderr, report, lifeline, sync, landlock.
-    pub(super) fds: [RawFd; 7],
+    /// The descriptors to install: stdin, stdout, stderr, report, lifeline, sync, landlock,
+    /// idmapped workspace.
+    pub(super) fds: [RawFd; 8],
 }
 
 const NOSUID_NODEV: c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
@@ -267,7 +272,7 @@ pub(super) fn outer(plan: &Plan) -> ! {
     }
     sys::close(SYNC_FD);
     // Init watches this pipe's read end: it hangs up when this process is gone.
-    let (alive_r, alive_w) = sys::pipe().or_fail(Step::Fork);
+    let (alive_r, alive_w) = above_fixed(sys::pipe().or_fail(Step::Fork));
     #[allow(unsafe_code)]
     // SAFETY: this process is single-threaded (a raw clone of one thread).
     let init = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
@@ -278,7 +283,7 @@ pub(super) fn outer(plan: &Plan) -> ! {
         init_process(plan, alive_r);
     }
     sys::close(alive_r);
-    for fd in [0, 1, 2, LANDLOCK_FD] {
+    for fd in [0, 1, 2, LANDLOCK_FD, IDMAPPED_FD] {
         sys::close(fd);
     }
     let pidfd = sys::pidfd_open(init).or_fail(Step::Wait);
@@ -298,10 +303,20 @@ pub(super) fn outer(plan: &Plan) -> ! {
     }
 }
 
+/// A pipe's ends moved above the fixed descriptor numbers, so that closing an empty fixed slot
+/// later never closes one of them.
+fn above_fixed((r, w): (RawFd, RawFd)) -> (RawFd, RawFd) {
+    let high_r = sys::dup_above(r, 16).or_fail(Step::Fork);
+    let high_w = sys::dup_above(w, 16).or_fail(Step::Fork);
+    sys::close(r);
+    sys::close(w);
+    (high_r, high_w)
+}
+
 /// Moves the plan's descriptors to their fixed numbers and closes every other one.
 fn arrange_descriptors(plan: &Plan) -> Sys {
     // Out of the way first (above any fixed number), then into place.
-    let mut high = [0 as RawFd; 7];
+    let mut high = [0 as RawFd; 8];
     for (slot, &fd) in high.iter_mut().zip(&plan.fds) {
         *slot = if fd < 0 { -1 } else { sys::dup_above(fd, 16)? };
     }
@@ -314,7 +329,7 @@ fn arrange_descriptors(plan: &Plan) -> Sys {
             sys::close(target as RawFd);
         }
     }
-    sys::close_from(LANDLOCK_FD + 1)
+    sys::close_from(IDMAPPED_FD + 1)
 }
 
 /// Makes init die with the outer process: the parent-death signal (which the kernel clears on
@@ -340,6 +355,7 @@ fn init_process(plan: &Plan, alive: RawFd) -> ! {
             fail(Step::Mount, e, index as u32);
         }
     }
+    sys::close(IDMAPPED_FD);
     sys::sethostname(b"sandbox").or_fail(Step::Hostname);
     if plan.loopback {
         sys::loopback_up().or_fail(Step::Loopback);
@@ -429,6 +445,7 @@ fn run_op(op: &Op) -> Sys {
             libc::MS_RDONLY | NOSUID_NODEV | libc::MS_NOEXEC,
             Some(c"size=0,nr_inodes=1,mode=0555"),
         ),
+        Op::Attach(target) => sys::move_mount_to(IDMAPPED_FD, target),
         Op::Mask { target, folder: false } => {
             sys::mount(Some(c"dev/null"), target, None, libc::MS_BIND, None)?;
             // Read-only too: writing to /dev/null is harmless, but a masked file should not

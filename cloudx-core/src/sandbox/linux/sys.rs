@@ -327,6 +327,65 @@ pub(super) fn landlock_abi() -> u8 {
     u8::try_from(ret).unwrap_or(0)
 }
 
+/// The kernel's `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: c_ulong = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: c_ulong = 4;
+pub(super) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(super) const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// A detached copy of the mount at `path` (`open_tree` with `OPEN_TREE_CLONE`), close-on-exec.
+pub(super) fn open_tree_clone(path: &CStr) -> Sys<RawFd> {
+    // SAFETY: a NUL-terminated path; no other pointers.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as c_ulong)
+    };
+    check(ret).map(|fd| fd as RawFd)
+}
+
+/// Makes the detached mount `tree` idmapped through the user namespace `userns`, with the
+/// attributes `attr_set` besides.
+pub(super) fn mount_setattr_idmap(tree: RawFd, userns: RawFd, attr_set: u64) -> Sys {
+    let attr =
+        MountAttr { attr_set: attr_set | MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns as u64 };
+    // SAFETY: an empty path with AT_EMPTY_PATH, and a live attribute struct of the stated size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Attaches the detached mount `tree` at `target`.
+pub(super) fn move_mount_to(tree: RawFd, target: &CStr) -> Sys {
+    // SAFETY: NUL-terminated paths.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// Replaces this process with `program`.
 pub(super) fn execve(program: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
     // SAFETY: null-terminated arrays of NUL-terminated strings, kept alive by the parent's plan.
