@@ -132,7 +132,79 @@ conformance!(
     templates_and_copies,
     concurrent_writers_each_get_a_version,
     archives_go_in_and_out_whole,
+    workspaces_check_out_and_commit_back,
 );
+
+/// A version written out into a folder, changed there as a run would, and committed back.
+async fn workspaces_check_out_and_commit_back(postgres: bool, backend: Backend) {
+    let Some(i) = instance(postgres, backend, |_| {}).await else { return };
+    let s = i.cx.storage();
+    let (alice, alice_id) = user(&i.cx, "alice").await;
+    let (bob, _) = user(&i.cx, "bob").await;
+    let p = project(&i.cx, &alice, "work").await;
+    put(&i.cx, &alice, p, "keep.txt", "keep\n").await.unwrap();
+    put(&i.cx, &alice, p, "src/change.py", "print(1)\n").await.unwrap();
+    let v = put(&i.cx, &alice, p, "src/gone.txt", "bye\n").await.unwrap();
+    put(&i.cx, &alice, p, "later.txt", "after\n").await.unwrap();
+
+    // A checkout needs an empty folder, and reads: strangers see no project.
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("stray"), "x").unwrap();
+    let err = s.checkout(&alice, p, None, ws.path()).await.unwrap_err();
+    assert!(err.message().contains("not empty"), "{err}");
+    std::fs::remove_file(ws.path().join("stray")).unwrap();
+    assert_eq!(s.checkout(&bob, p, None, ws.path()).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(s.checkout(&alice, p, Some(99), ws.path()).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+
+    // An older version: without the later file.
+    let checkout = s.checkout(&alice, p, Some(v), ws.path()).await.unwrap();
+    assert_eq!((checkout.version, checkout.files()), (v, 3));
+    assert_eq!(std::fs::read_to_string(ws.path().join("src/change.py")).unwrap(), "print(1)\n");
+    assert!(!ws.path().join("later.txt").exists());
+
+    // Nothing changed: no version.
+    let nothing = s.commit_workspace(&alice, &client(), p, ws.path(), &checkout, None).await.unwrap();
+    assert_eq!(nothing.version, None);
+
+    // A run's changes: one changed, one new, one deleted, and things that are not files.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+    std::fs::write(ws.path().join("src/change.py"), "print(2)\n").unwrap();
+    std::fs::create_dir_all(ws.path().join("out/deep")).unwrap();
+    std::fs::write(ws.path().join("out/deep/result.txt"), "42\n").unwrap();
+    std::fs::remove_file(ws.path().join("src/gone.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), ws.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path().join("dirlink")).unwrap();
+    nix::unistd::mkfifo(&ws.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let viewer_err = s.commit_workspace(&bob, &client(), p, ws.path(), &checkout, None).await.unwrap_err();
+    assert_eq!(viewer_err.kind(), ErrorKind::NotFound);
+
+    // The project moved on since the checkout (later.txt is untouched here: no conflict).
+    let done = s.commit_workspace(&alice, &client(), p, ws.path(), &checkout, Some("a run")).await.unwrap();
+    let version = done.version.expect("a new version");
+    assert_eq!(done.written, vec!["out/deep/result.txt".to_owned(), "src/change.py".to_owned()]);
+    assert_eq!(done.deleted, vec!["src/gone.txt".to_owned()]);
+    assert_eq!(done.skipped.len(), 3, "{:?}", done.skipped);
+    assert!(done.skipped.iter().any(|s| s.starts_with("link: a symlink")), "{:?}", done.skipped);
+    assert!(done.skipped.iter().any(|s| s.starts_with("dirlink: a symlink")), "{:?}", done.skipped);
+    assert!(done.skipped.iter().any(|s| s.starts_with("fifo: a named pipe")), "{:?}", done.skipped);
+    assert_eq!(read(&i.cx, &alice, p, "src/change.py", None).await.unwrap(), b"print(2)\n");
+    assert_eq!(read(&i.cx, &alice, p, "out/deep/result.txt", None).await.unwrap(), b"42\n");
+    assert_eq!(read(&i.cx, &alice, p, "later.txt", None).await.unwrap(), b"after\n");
+    assert_eq!(read(&i.cx, &alice, p, "src/gone.txt", None).await.unwrap_err().kind(), ErrorKind::NotFound);
+    let history = s.history(&alice, p, "src/change.py", 1).await.unwrap();
+    assert_eq!(
+        (history[0].version, history[0].author_id, history[0].message.as_deref()),
+        (version, Some(alice_id), Some("a run"))
+    );
+
+    // Committing the same checkout again: its paths changed meanwhile, so nothing lands.
+    std::fs::write(ws.path().join("keep.txt"), "edited\n").unwrap();
+    let err = s.commit_workspace(&alice, &client(), p, ws.path(), &checkout, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.message().contains("since version") && err.message().contains("src/"), "{err}");
+    assert_eq!(read(&i.cx, &alice, p, "keep.txt", None).await.unwrap(), b"keep\n");
+}
 
 async fn projects_slugs_listing_and_settings(postgres: bool, backend: Backend) {
     let Some(i) = instance(postgres, backend, |_| {}).await else { return };

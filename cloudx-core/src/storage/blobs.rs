@@ -47,6 +47,11 @@ const MULTIPART_PART: usize = 8 * 1024 * 1024;
 pub struct BlobId([u8; 32]);
 
 impl BlobId {
+    /// The id of a finished SHA-256 digest.
+    pub(crate) fn from_digest(digest: [u8; 32]) -> Self {
+        BlobId(digest)
+    }
+
     /// The id of `content`.
     pub fn of(content: &[u8]) -> Self {
         BlobId(Sha256::digest(content).into())
@@ -295,7 +300,7 @@ impl Blobs {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::invalid(format!("the archive cannot be read: {e}"))),
+                Err(e) => return Err(Error::invalid(format!("the content cannot be read: {e}"))),
             };
             size += n as u64;
             limits.check(size)?;

@@ -17,6 +17,7 @@ pub mod path;
 mod projects;
 mod s3;
 mod templates;
+mod workspace;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub use self::blobs::{BlobId, ByteStream};
 pub use self::files::{Download, FileVersion, GcReport, PutOptions, Tree, TreeEntry, Versioned};
 pub use self::path::{Folder, ProjectPath};
 pub use self::projects::{Member, NewProject, Project, ProjectFilter, ProjectUpdate, Template};
+pub use self::workspace::{Checkout, WorkspaceCommit};
 use crate::access::{ProjectAction, ProjectRole, check_project};
 use crate::config::{CloudxConfig, StorageConfig};
 use crate::db::Database;
@@ -121,6 +123,7 @@ enum Audited {
     FileRestore,
     FileMove,
     ArchiveUpload,
+    WorkspaceCommit,
 }
 
 impl Audited {
@@ -131,6 +134,7 @@ impl Audited {
             Audited::FileRestore => "file_restore",
             Audited::FileMove => "file_move",
             Audited::ArchiveUpload => "archive_upload",
+            Audited::WorkspaceCommit => "workspace_commit",
         }
     }
 }
