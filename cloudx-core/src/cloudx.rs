@@ -41,6 +41,8 @@ struct Inner {
     jwt_secret: Secret,
     auth: Auth,
     storage: Storage,
+    /// The sandbox, made on first use (or why it cannot be).
+    sandbox: std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>>,
 }
 
 impl Cloudx {
@@ -97,7 +99,17 @@ impl Cloudx {
         };
         let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes(), ed25519_pem.as_deref()).await?;
         let storage = Storage::open(db.clone(), &config)?;
-        Ok(Self { inner: Arc::new(Inner { config, db, instance_id, jwt_secret, auth, storage }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                instance_id,
+                jwt_secret,
+                auth,
+                storage,
+                sandbox: std::sync::OnceLock::new(),
+            }),
+        })
     }
 
     /// The configuration this instance was opened with.
@@ -113,6 +125,10 @@ impl Cloudx {
     /// Projects, members and their versioned files.
     pub fn storage(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    pub(crate) fn sandbox_cell(&self) -> &std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>> {
+        &self.inner.sandbox
     }
 
     /// The database pool.

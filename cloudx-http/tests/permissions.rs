@@ -534,6 +534,44 @@ fn matrix() -> Vec<Row> {
             |f| (format!("/api/v1/projects/{}/move", f.viewed_project), Some(json!({"from": "a.txt", "to": "c.txt"}))),
             [401, 403, 200, 403, 200],
         ),
+        // The sandbox: viewers read the policy, owners change it; editors and owners run code
+        // (an API key needs the `exec` scope).
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/policy",
+            |f| plain(&format!("/api/v1/projects/{}/policy", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/policy",
+            |f| plain(&format!("/api/v1/projects/{}/policy", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/policy",
+            |f| (format!("/api/v1/projects/{}/policy", f.own_project), Some(json!({"limits": {"memory": 268435456}}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/projects/{project}/policy",
+            |f| (format!("/api/v1/projects/{}/policy", f.viewed_project), Some(json!({"network": "loopback"}))),
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/exec",
+            |f| (format!("/api/v1/projects/{}/exec", f.own_project), Some(json!({"argv": ["cat", "a.txt"]}))),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/exec",
+            |f| (format!("/api/v1/projects/{}/exec", f.viewed_project), Some(json!({"argv": ["true"]}))),
+            [401, 403, 200, 403, 200],
+        ),
     ]
 }
 

@@ -316,6 +316,29 @@ pub struct SandboxConfig {
     /// Run even when a configured protection (landlock, a memory or pids cgroup) is not
     /// available, saying so in each run's isolation record; by default such a run is refused.
     pub allow_degraded: bool,
+    /// Ceiling of a run's wall-clock limit: no project policy or request goes above it.
+    #[serde(with = "humantime_serde")]
+    pub max_wall_time: Duration,
+    /// Ceiling of the CPU-time limit.
+    #[serde(with = "humantime_serde")]
+    pub max_cpu_time: Duration,
+    /// Ceiling of the memory limit.
+    pub max_memory: ByteSize,
+    /// Ceiling of the process limit.
+    pub max_processes: u64,
+    /// Ceiling of the output kept per stream.
+    pub max_output: ByteSize,
+    /// Ceiling of the file-size limit.
+    pub max_file_size: ByteSize,
+    /// Ceiling of the open-files limit.
+    pub max_open_files: u64,
+    /// Ceiling of the size of `/tmp` and `/dev/shm`.
+    pub max_tmpfs_size: ByteSize,
+    /// Whether a project policy may give its runs a loopback network.
+    pub allow_loopback: bool,
+    /// Host folders a project policy may bind read-only into its runs (toolchains such as
+    /// `/opt/rust` or `/opt/node`): a bind must lie inside one of them.
+    pub bindable: Vec<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -334,6 +357,16 @@ impl Default for SandboxConfig {
             uid_base: 1_900_000_000,
             uid_count: 65_536,
             allow_degraded: false,
+            max_wall_time: Duration::from_secs(15 * 60),
+            max_cpu_time: Duration::from_secs(15 * 60),
+            max_memory: ByteSize::gib(8),
+            max_processes: 4096,
+            max_output: ByteSize::mib(64),
+            max_file_size: ByteSize::gib(8),
+            max_open_files: 65_536,
+            max_tmpfs_size: ByteSize::gib(2),
+            allow_loopback: true,
+            bindable: Vec::new(),
         }
     }
 }
@@ -562,6 +595,7 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     if config.data_dir.as_os_str().is_empty() {
         problems.push(value_problem("data_dir", &"", "must name a folder, such as ./cloudx-data".into()));
     }
+    validate_sandbox(&config.sandbox, problems);
     if let Some(url) = &config.database.url
         && let Err(why) = DatabaseTarget::parse(url.expose())
     {
@@ -700,6 +734,59 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
 }
 
 /// The settings the `prod` profile refuses, with the reason and the fix.
+/// The sandbox's defaults must lie within its ceilings, and bindable folders be absolute.
+fn validate_sandbox(s: &SandboxConfig, problems: &mut Vec<ConfigProblem>) {
+    let mut within = |key: &str, value: String, max_key: &str, ok: bool, max: String| {
+        if !ok {
+            problems.push(ConfigProblem::new(
+                format!("sandbox.{key}"),
+                format!("`{value}` is above sandbox.{max_key} (`{max}`)"),
+            ));
+        }
+    };
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    within("wall_time", d(s.wall_time), "max_wall_time", s.wall_time <= s.max_wall_time, d(s.max_wall_time));
+    within("cpu_time", d(s.cpu_time), "max_cpu_time", s.cpu_time <= s.max_cpu_time, d(s.max_cpu_time));
+    within("memory", s.memory.to_string(), "max_memory", s.memory <= s.max_memory, s.max_memory.to_string());
+    within(
+        "processes",
+        s.processes.to_string(),
+        "max_processes",
+        s.processes <= s.max_processes,
+        s.max_processes.to_string(),
+    );
+    within("output", s.output.to_string(), "max_output", s.output <= s.max_output, s.max_output.to_string());
+    within(
+        "file_size",
+        s.file_size.to_string(),
+        "max_file_size",
+        s.file_size <= s.max_file_size,
+        s.max_file_size.to_string(),
+    );
+    within(
+        "open_files",
+        s.open_files.to_string(),
+        "max_open_files",
+        s.open_files <= s.max_open_files,
+        s.max_open_files.to_string(),
+    );
+    within(
+        "tmpfs_size",
+        s.tmpfs_size.to_string(),
+        "max_tmpfs_size",
+        s.tmpfs_size <= s.max_tmpfs_size,
+        s.max_tmpfs_size.to_string(),
+    );
+    for dir in &s.bindable {
+        if !dir.is_absolute() || dir == std::path::Path::new("/") {
+            problems.push(ConfigProblem::new(
+                "sandbox.bindable",
+                format!("`{}`: must be an absolute folder other than /", dir.display()),
+            ));
+        }
+    }
+}
+
 fn validate_prod(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
     if config.auth.jwt_secret.is_none() && config.auth.jwt_algorithm == JwtAlgorithm::Hs256 {
         problems.push(ConfigProblem::new(

@@ -11,6 +11,8 @@
 //! `docs/security.md` for the threat model.
 
 mod linux;
+mod policy;
+mod project;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use self::linux::{Capabilities, Sandbox, SandboxSettings};
+pub use self::policy::SandboxPolicy;
+pub use self::project::{ProjectExec, ProjectRun};
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -67,41 +71,47 @@ impl ExecSpec {
 /// Resource limits of one run. `None` means the configured default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     /// Wall-clock time, after which every process of the sandbox is killed.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "30s"))]
     pub wall_time: Option<Duration>,
     /// CPU time (user + system).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "10s"))]
     pub cpu_time: Option<Duration>,
     /// Memory, in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
     /// Processes (and threads) at once.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,
     /// Bytes kept of each of stdout and stderr; the rest is read and dropped.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<u64>,
     /// The largest file the command may write, in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_size: Option<u64>,
     /// Open file descriptors per process.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
     /// Size of each of `/tmp` and `/dev/shm`, in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmpfs_size: Option<u64>,
 }
 
 /// The limits of a run once defaults are applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EffectiveLimits {
     /// Wall-clock time.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1m"))]
     pub wall_time: Duration,
     /// CPU time.
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "1m"))]
     pub cpu_time: Duration,
     /// Memory, in bytes.
     pub memory: u64,
@@ -120,6 +130,7 @@ pub struct EffectiveLimits {
 /// Network access of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Network {
     /// A network namespace of its own whose loopback interface is down: no network at all.
     #[default]
@@ -146,17 +157,21 @@ impl std::str::FromStr for Network {
 /// A read-only bind of a host path into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bind {
     /// The host path (absolute).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: PathBuf,
     /// Where it appears in the sandbox (absolute; default: the same path).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub target: Option<PathBuf>,
 }
 
 /// Which limit ended or cut a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LimitKind {
     /// The wall-clock deadline.
     WallTime,
@@ -174,6 +189,7 @@ pub enum LimitKind {
 
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecOutcome {
     /// The exit code, when the command exited.
     pub exit_code: Option<i32>,
@@ -188,19 +204,23 @@ pub struct ExecOutcome {
     pub limit: Option<LimitKind>,
     /// Standard output, up to the output cap.
     #[serde(serialize_with = "lossy")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub stdout: Bytes,
     /// Whether standard output was cut at the cap.
     pub stdout_truncated: bool,
     /// Standard error, up to the output cap.
     #[serde(serialize_with = "lossy")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub stderr: Bytes,
     /// Whether standard error was cut at the cap.
     pub stderr_truncated: bool,
-    /// Wall-clock time from launch to the end of the last process.
+    /// Wall-clock time from launch to the end of the last process, in milliseconds.
     #[serde(serialize_with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub wall_time: Duration,
-    /// CPU time (user + system) of every process of the run.
+    /// CPU time (user + system) of every process of the run, in milliseconds.
     #[serde(serialize_with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub cpu_time: Duration,
     /// The largest resident memory, in bytes (of the memory cgroup when there is one, else of
     /// the largest single process).
@@ -226,6 +246,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 /// The protections actually applied to a run.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Isolation {
     /// The namespaces the sandbox has of its own.
     pub namespaces: Vec<&'static str>,

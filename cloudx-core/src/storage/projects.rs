@@ -437,6 +437,42 @@ impl Storage {
         self.project(actor, id).await
     }
 
+    /// The project's sandbox policy as stored (JSON; `None` when it has none), checking that
+    /// `actor` may `action` the project.
+    pub(crate) async fn sandbox_policy_json(
+        &self,
+        actor: &Principal,
+        id: Uuid,
+        action: ProjectAction,
+    ) -> Result<Option<String>> {
+        self.access(actor, id, action, false).await?;
+        on_db!(&self.db, |pool| sqlx::query_scalar("SELECT sandbox_policy FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await)
+        .map_err(|e| db_error("reading the sandbox policy", e))
+    }
+
+    /// Stores the project's sandbox policy (already checked); owners only. Audited.
+    pub(crate) async fn set_sandbox_policy_json(
+        &self,
+        actor: &Principal,
+        client: &Client,
+        id: Uuid,
+        json: Option<String>,
+    ) -> Result<()> {
+        self.access(actor, id, ProjectAction::Manage, false).await?;
+        on_db!(&self.db, |pool| sqlx::query("UPDATE projects SET sandbox_policy = $1, updated_at = $2 WHERE id = $3")
+            .bind(&json)
+            .bind(now())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("storing the sandbox policy", e))?;
+        self.audit(actor, client, "sandbox_policy", id, json).await
+    }
+
     /// Deletes a project softly: it disappears from lists and its files cannot be reached,
     /// until an owner restores it or an administrator purges it.
     ///

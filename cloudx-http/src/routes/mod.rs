@@ -5,6 +5,7 @@ pub mod auth;
 pub mod files;
 pub mod ops;
 pub mod projects;
+pub mod sandbox;
 pub mod users;
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -53,4 +54,5 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(projects::router())
         .merge(files::router())
+        .merge(sandbox::router())
 }
