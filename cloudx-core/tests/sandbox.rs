@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use cloudx_core::sandbox::{ExecOutcome, ExecSpec, LimitKind, Limits, Network, Sandbox, SandboxSettings};
 
-/// Most tests share the host; the leak census takes it alone.
+/// Every test that runs a sandbox shares the host; the leak census takes it alone (so the
+/// cgroups of this process it counts are its own sandbox's).
 static GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn sandbox() -> Sandbox {
@@ -839,6 +840,7 @@ fn set_mode(path: &std::path::Path, mode: u32) {
 
 #[tokio::test]
 async fn runs_a_command_and_reports_its_output_and_exit_code() {
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let out = sb.exec(sh("echo hello; echo oops >&2; exit 3")).await.unwrap();
     assert_eq!(out.exit_code, Some(3), "{out:?}");
@@ -851,6 +853,7 @@ async fn runs_a_command_and_reports_its_output_and_exit_code() {
 
 #[tokio::test]
 async fn stdin_env_and_working_directory_are_the_specs() {
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let ws = tempfile::tempdir().unwrap();
     std::fs::create_dir(ws.path().join("sub")).unwrap();
@@ -867,6 +870,7 @@ async fn stdin_env_and_working_directory_are_the_specs() {
 
 #[tokio::test]
 async fn python_runs_and_a_signal_is_reported() {
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let out = sb.exec(py("print(1)")).await.unwrap();
     assert_eq!(text(&out.stdout), "1\n", "{}", text(&out.stderr));
@@ -876,6 +880,7 @@ async fn python_runs_and_a_signal_is_reported() {
 
 #[tokio::test]
 async fn loopback_network_works_inside() {
+    let _shared = GATE.read().await;
     let mut spec = py(
         "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0)); s.listen()\nc = socket.create_connection(s.getsockname())\nprint('ok')",
     );
@@ -886,6 +891,7 @@ async fn loopback_network_works_inside() {
 
 #[tokio::test]
 async fn bad_input_gets_errors_that_name_the_problem() {
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let err = sb.exec(ExecSpec::new(Vec::<String>::new())).await.unwrap_err();
     assert!(err.message().contains("empty"), "{err}");
@@ -910,6 +916,7 @@ async fn bad_input_gets_errors_that_name_the_problem() {
 
 #[tokio::test]
 async fn streaming_yields_output_as_it_comes() {
+    let _shared = GATE.read().await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let sb = sandbox();
     let run = tokio::spawn(async move { sb.exec_streaming(sh("echo one; sleep 0.3; echo two >&2"), tx).await });
@@ -923,6 +930,7 @@ async fn streaming_yields_output_as_it_comes() {
 
 #[tokio::test]
 async fn the_isolation_record_says_what_protected_the_run() {
+    let _shared = GATE.read().await;
     let out = sandbox().exec(sh("true")).await.unwrap();
     let iso = &out.isolation;
     assert_eq!(iso.namespaces, ["user", "pid", "mount", "network", "ipc", "uts", "cgroup"]);
@@ -934,6 +942,43 @@ async fn the_isolation_record_says_what_protected_the_run() {
     assert_ne!(iso.host_uid, 0);
     let json = serde_json::to_value(&out).unwrap();
     assert_eq!(json["isolation"]["network"], "none");
+}
+
+#[tokio::test]
+async fn limits_are_detected_on_reused_cgroups() {
+    let _shared = GATE.read().await;
+    let sb = sandbox();
+    let bomb = || {
+        let mut spec = py("x = []\nwhile True: x.append(bytearray(16 << 20))");
+        spec.limits = Limits { memory: Some(96 << 20), wall_time: Some(Duration::from_secs(20)), ..Limits::default() };
+        spec
+    };
+    let forks = || {
+        let mut spec = sh("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 0.2 & done 2>/dev/null; wait");
+        spec.limits = Limits { processes: Some(6), ..Limits::default() };
+        spec
+    };
+    // Each run after a pause, so that the last run's cgroup is back in the pool: the counters
+    // of an earlier run must not show in the next one's outcome.
+    for round in 0..2 {
+        let out = sb.exec(bomb()).await.unwrap();
+        if out.isolation.memory_limit.starts_with("cgroup") {
+            assert!(out.oom_killed && out.limit == Some(LimitKind::Memory), "round {round}: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = sb.exec(sh("true")).await.unwrap();
+        assert!(!out.oom_killed && out.limit.is_none(), "round {round}: {out:?}");
+        assert!(out.peak_memory < 32 << 20, "round {round}: the peak of an earlier run: {}", out.peak_memory);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = sb.exec(forks()).await.unwrap();
+        if out.isolation.process_limit.starts_with("cgroup") {
+            assert_eq!(out.limit, Some(LimitKind::Processes), "round {round}: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = sb.exec(sh("true")).await.unwrap();
+        assert!(out.limit.is_none(), "round {round}: {out:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -963,19 +1008,51 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
         .collect();
     assert!(runs_left.is_empty(), "scratch folders left: {runs_left:?}");
-    // No stray process, and no cgroup of a run.
+    // No stray process.
     leftovers("sleep 0.05").unwrap();
-    // Busy cgroups are removed in the background, promptly.
+    // The sandbox keeps a bounded pool of idle cgroups (the runs' cgroups, given back in the
+    // background); every one of them is empty, and the others are removed promptly.
+    let pooled = cgroups_of_this_process();
+    assert!(!pooled.is_empty(), "no cgroup found: the census would see nothing");
+    for dir in &pooled {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(procs.trim().is_empty(), "processes left in {}: {procs}", dir.display());
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !cgroup_leftovers().is_empty() && Instant::now() < deadline {
+    while cgroups_per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cgroups = cgroup_leftovers();
-    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    let counts = cgroups_per_hierarchy();
+    assert!(counts.values().all(|n| *n <= MAX_IDLE_CGROUPS), "more idle cgroups than the pool keeps: {counts:?}");
+    for dir in cgroups_of_this_process() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(procs.trim().is_empty(), "processes left in {}: {procs}", dir.display());
+    }
+    // Dropping the sandbox removes its pool.
+    drop(sb);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroups_of_this_process().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cgroups = cgroups_of_this_process();
+    assert!(cgroups.is_empty(), "cgroups left after the sandbox was dropped: {cgroups:?}");
 }
 
-/// Cgroups of this process's runs under this process's cgroups.
-fn cgroup_leftovers() -> Vec<PathBuf> {
+/// How many idle cgroups a sandbox keeps per hierarchy (the pool's bound).
+const MAX_IDLE_CGROUPS: usize = 16;
+
+/// The sandbox cgroups this process made, by hierarchy.
+fn cgroups_per_hierarchy() -> std::collections::BTreeMap<PathBuf, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for dir in cgroups_of_this_process() {
+        *counts.entry(dir.parent().unwrap().to_path_buf()).or_default() += 1;
+    }
+    counts
+}
+
+/// The sandbox cgroups this process made (`cloudx-<pid>-…`), under its cgroup of each
+/// hierarchy.
+fn cgroups_of_this_process() -> Vec<PathBuf> {
     let mut found = Vec::new();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     for line in own.lines() {
@@ -990,7 +1067,7 @@ fn cgroup_leftovers() -> Vec<PathBuf> {
         let dir = base.join(path.trim_start_matches('/'));
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("cloudx-run-{}-", std::process::id())) {
+                if e.file_name().to_string_lossy().starts_with(&format!("cloudx-{}-", std::process::id())) {
                     found.push(e.path());
                 }
             }
@@ -1001,6 +1078,7 @@ fn cgroup_leftovers() -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn signals_start_at_their_defaults() {
+    let _shared = GATE.read().await;
     // Rust ignores SIGPIPE in the supervisor; an ignored signal would survive the exec.
     let out = sandbox().exec(sh("yes | head -n 1; grep -E '^Sig(Ign|Blk)' /proc/self/status")).await.unwrap();
     assert_eq!(text(&out.stdout), "y\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "{}", text(&out.stderr));
@@ -1024,6 +1102,7 @@ async fn a_cancelled_run_leaves_no_process_behind() {
 
 #[tokio::test]
 async fn workspaces_and_binds_may_not_overlap_the_scratch_folder() {
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let scratch = sb.settings().scratch_dir.clone();
     let mut spec = sh("true");

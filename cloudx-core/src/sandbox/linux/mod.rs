@@ -200,7 +200,7 @@ impl Sandbox {
         let cgroup = match &self.inner.cgroups {
             Some(cgroups) => Some(
                 cgroups
-                    .create(&name, &limits)
+                    .take(&limits)
                     .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
             ),
             None => None,
@@ -997,9 +997,11 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The pid in a run's name (`run-<pid>-<id>`), when that process is gone.
-fn dead_owner(name: &str) -> bool {
-    let Some(pid) = name.strip_prefix("run-").and_then(|rest| rest.split('-').next()) else { return false };
+/// Whether the process that made `name` is gone: `name` is `<prefix><pid>-…` (`run-<pid>-<id>` for a
+/// scratch folder, `cloudx-<pid>-<pool>-slot-<n>` for a cgroup, `cloudx-run-<pid>-<id>` for a cgroup
+/// of an earlier version).
+fn dead_owner(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()) else { return false };
     pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
@@ -1007,13 +1009,13 @@ fn dead_owner(name: &str) -> bool {
 fn sweep(scratch: &Path, cgroups: Option<&Cgroups>) {
     if let Ok(entries) = std::fs::read_dir(scratch) {
         for entry in entries.flatten() {
-            if dead_owner(&entry.file_name().to_string_lossy()) {
+            if dead_owner(&entry.file_name().to_string_lossy(), "run-") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
     if let Some(cgroups) = cgroups {
-        cgroups.sweep(|name| name.strip_prefix("cloudx-").is_some_and(dead_owner));
+        cgroups.sweep(|name| dead_owner(name, "cloudx-") || dead_owner(name, "cloudx-run-"));
     }
 }
 
