@@ -110,7 +110,16 @@ enum Runner {
 async fn run(runner: Runner, spec: ExecSpec) -> ExecOutcome {
     let _shared = GATE.read().await;
     match runner {
-        Runner::Sandbox => sandbox().exec(spec).await.unwrap(),
+        Runner::Sandbox => {
+            // A sandbox launched ahead takes every run it can (the daemon's usual path); the
+            // others launch their own.
+            let sb = sandbox();
+            let warm = spec.binds.is_empty() && !(nix::unistd::geteuid().is_root() && spec.workspace.is_some());
+            sb.prewarm().await;
+            let out = sb.exec(spec).await.unwrap();
+            assert_eq!(out.warm, warm, "the run should have been {}", if warm { "warm" } else { "cold" });
+            out
+        }
         Runner::Weak => {
             let started = Instant::now();
             let argv = spec.argv.clone();
@@ -1002,40 +1011,79 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     }
     let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
     assert_eq!(mounts_before, mounts_after, "mounts leaked into the host's namespace");
-    let runs_left: Vec<_> = std::fs::read_dir(&scratch)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
-        .collect();
-    assert!(runs_left.is_empty(), "scratch folders left: {runs_left:?}");
+    // The sandboxes launched ahead of the next runs hold a scratch folder each, no more.
+    let warm = sb.settings().warm;
+    assert!(warm > 0, "the census counts the sandboxes launched ahead too");
+    let runs_left = scratch_runs(&scratch);
+    assert!(runs_left.len() <= warm, "scratch folders left: {runs_left:?}");
     // No stray process.
     leftovers("sleep 0.05").unwrap();
     // The sandbox keeps a bounded pool of idle cgroups (the runs' cgroups, given back in the
-    // background); every one of them is empty, and the others are removed promptly.
-    let pooled = cgroups_of_this_process();
-    assert!(!pooled.is_empty(), "no cgroup found: the census would see nothing");
-    for dir in &pooled {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        assert!(procs.trim().is_empty(), "processes left in {}: {procs}", dir.display());
-    }
+    // background), and the others are removed promptly; only the sandboxes launched ahead
+    // have processes in theirs, and those are this process's own children.
+    assert!(!cgroups_of_this_process().is_empty(), "no cgroup found: the census would see nothing");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cgroups_per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS) && Instant::now() < deadline {
+    while cgroups_per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS + warm) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let counts = cgroups_per_hierarchy();
-    assert!(counts.values().all(|n| *n <= MAX_IDLE_CGROUPS), "more idle cgroups than the pool keeps: {counts:?}");
+    assert!(counts.values().all(|n| *n <= MAX_IDLE_CGROUPS + warm), "more cgroups than the pool keeps: {counts:?}");
+    let outers = launched_children();
+    assert!(outers.len() <= warm, "more sandbox processes than launched ahead: {outers:?}");
+    let mut busy = std::collections::BTreeMap::<PathBuf, usize>::new();
     for dir in cgroups_of_this_process() {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        assert!(procs.trim().is_empty(), "processes left in {}: {procs}", dir.display());
+        if procs.trim().is_empty() {
+            continue;
+        }
+        *busy.entry(dir.parent().unwrap().to_path_buf()).or_default() += 1;
+        let pids: Vec<u32> = procs.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        // The outer process, and init (its child) in the sandbox.
+        assert!(pids.iter().any(|p| outers.contains(p)), "processes left in {}: {pids:?}", dir.display());
+        assert!(pids.len() <= 2, "processes left in {}: {pids:?}", dir.display());
     }
-    // Dropping the sandbox removes its pool.
+    assert!(busy.values().all(|n| *n <= warm), "cgroups with processes: {busy:?}");
+    // Dropping the sandbox ends the sandboxes launched ahead and removes the cgroup pool.
     drop(sb);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !cgroups_of_this_process().is_empty() && Instant::now() < deadline {
+    let gone =
+        || cgroups_of_this_process().is_empty() && scratch_runs(&scratch).is_empty() && launched_children().is_empty();
+    while !gone() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cgroups = cgroups_of_this_process();
     assert!(cgroups.is_empty(), "cgroups left after the sandbox was dropped: {cgroups:?}");
+    assert!(scratch_runs(&scratch).is_empty(), "scratch folders left: {:?}", scratch_runs(&scratch));
+    assert!(launched_children().is_empty(), "sandbox processes left: {:?}", launched_children());
+}
+
+/// The runs' scratch folders under `scratch`.
+fn scratch_runs(scratch: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(scratch)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// This process's children that are forks of it (sandboxes' outer processes).
+fn launched_children() -> Vec<u32> {
+    let me = std::process::id();
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so parse from its end.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+        let ppid: u32 = rest.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        // A fork that has not exec'd anything runs this very program.
+        if ppid == me && std::fs::read_link(entry.path().join("exe")).is_ok_and(|e| e == exe) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// How many idle cgroups a sandbox keeps per hierarchy (the pool's bound).

@@ -29,7 +29,8 @@ pub(crate) async fn run(config: &CloudxConfig, args: RunArgs) -> anyhow::Result<
         anyhow::bail!("the sandbox is disabled on this host (sandbox.enabled = false): nothing may run");
     }
     let spec = spec(&args)?;
-    let sandbox = Sandbox::new(SandboxSettings::from_config(&config.sandbox))?;
+    // One run and out: nothing to launch ahead.
+    let sandbox = Sandbox::new(SandboxSettings { warm: 0, ..SandboxSettings::from_config(&config.sandbox) })?;
     let outcome = if args.json {
         sandbox.exec(spec).await
     } else {
@@ -228,7 +229,7 @@ fn check(config: &CloudxConfig) -> anyhow::Result<()> {
         out.push_str(&format!("  fix: {problem}\n"));
     }
     crate::print(&out);
-    match Sandbox::new(SandboxSettings::from_config(&config.sandbox)) {
+    match Sandbox::new(SandboxSettings { warm: 0, ..SandboxSettings::from_config(&config.sandbox) }) {
         Ok(_) => {
             crate::print("the sandbox can run here\n");
             Ok(())

@@ -18,6 +18,17 @@ pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
         cx.database().backend()
     ));
     tracing::info!(%addr, data_dir = %data_dir.display(), database = cx.database().backend(), "listening");
+    // The sandbox is checked now (a host that cannot run code is said at start, not at the
+    // first run) and its first sandboxes are launched ahead.
+    if cx.config().sandbox.enabled {
+        match cx.sandbox() {
+            Ok(sandbox) => {
+                let sandbox = sandbox.clone();
+                tokio::spawn(async move { sandbox.prewarm().await });
+            }
+            Err(e) => tracing::warn!(error = %e, "code cannot run on this host; runs will be refused"),
+        }
+    }
     // Under systemd (Type=notify): ready once listening and migrated. Elsewhere a no-op.
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");

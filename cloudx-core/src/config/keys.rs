@@ -81,6 +81,7 @@ pub const KEYS: &[KeySpec] = &[
     key("sandbox.uid_base", Integer, "1900000000"),
     key("sandbox.uid_count", Integer, "65536"),
     key("sandbox.allow_degraded", Bool, "false"),
+    key("sandbox.warm", Integer, "2"),
     key("sandbox.max_wall_time", Duration, "15m"),
     key("sandbox.max_cpu_time", Duration, "15m"),
     key("sandbox.max_memory", Size, "8 GiB"),

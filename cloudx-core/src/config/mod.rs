@@ -316,6 +316,9 @@ pub struct SandboxConfig {
     /// Run even when a configured protection (landlock, a memory or pids cgroup) is not
     /// available, saying so in each run's isolation record; by default such a run is refused.
     pub allow_degraded: bool,
+    /// How many sandboxes to keep launched ahead of their runs, so that a run starts without
+    /// waiting for namespaces and mounts (0: none).
+    pub warm: usize,
     /// Ceiling of a run's wall-clock limit: no project policy or request goes above it.
     #[serde(with = "humantime_serde")]
     pub max_wall_time: Duration,
@@ -357,6 +360,7 @@ impl Default for SandboxConfig {
             uid_base: 1_900_000_000,
             uid_count: 65_536,
             allow_degraded: false,
+            warm: 2,
             max_wall_time: Duration::from_secs(15 * 60),
             max_cpu_time: Duration::from_secs(15 * 60),
             max_memory: ByteSize::gib(8),

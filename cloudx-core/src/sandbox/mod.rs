@@ -214,6 +214,9 @@ pub struct ExecOutcome {
     pub stderr: Bytes,
     /// Whether standard error was cut at the cap.
     pub stderr_truncated: bool,
+    /// Whether the run used a sandbox launched ahead of it (`sandbox.warm`), which only
+    /// saves time: the protections are the same.
+    pub warm: bool,
     /// Wall-clock time from launch to the end of the last process, in milliseconds.
     #[serde(serialize_with = "millis")]
     #[cfg_attr(feature = "openapi", schema(value_type = f64))]

@@ -277,6 +277,12 @@ impl Cgroups {
         }
     }
 
+    /// Sets a taken cgroup's limits to a run's (a warm sandbox took it with the defaults).
+    pub(super) fn relimit(&self, run: &mut RunCgroup, limits: &EffectiveLimits) -> io::Result<()> {
+        let slot = run.slot.as_mut().expect("held until dropped");
+        self.set_limits(slot, limits)
+    }
+
     /// A new cgroup (a folder per hierarchy).
     fn make(&self) -> io::Result<Slot> {
         let name = format!("{}-slot-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed));

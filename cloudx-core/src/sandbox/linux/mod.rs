@@ -8,7 +8,7 @@ mod sys;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use self::cgroup::{Cgroups, RunCgroup};
-use self::namespaces::{INSIDE_ID, Op, Plan, REPORT_LEN, Report, Step};
+use self::namespaces::{INSIDE_ID, Op, Plan, REPORT_LEN, Report, Request, Step, WarmBuffers};
 use super::{EffectiveLimits, ExecOutcome, ExecSpec, Isolation, LimitKind, Network, OutputChunk};
 use crate::config::SandboxConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -39,6 +39,8 @@ pub struct SandboxSettings {
     pub uid_count: u32,
     /// Run without an unavailable protection instead of refusing.
     pub allow_degraded: bool,
+    /// How many sandboxes to keep launched ahead of their runs (0: launch each run's own).
+    pub warm: usize,
 }
 
 impl SandboxSettings {
@@ -59,6 +61,7 @@ impl SandboxSettings {
             uid_base: config.uid_base,
             uid_count: config.uid_count.max(1),
             allow_degraded: config.allow_degraded,
+            warm: config.warm,
         }
     }
 }
@@ -97,7 +100,9 @@ struct Inner {
     settings: SandboxSettings,
     capabilities: Capabilities,
     cgroups: Option<Cgroups>,
-    uids: Mutex<BTreeSet<u32>>,
+    uids: Arc<Mutex<BTreeSet<u32>>>,
+    /// Sandboxes launched ahead of their runs.
+    warm: Mutex<WarmPool>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -127,7 +132,15 @@ impl Sandbox {
         }
         ensure_private_dir(&settings.scratch_dir)?;
         sweep(&settings.scratch_dir, cgroups.as_ref());
-        Ok(Sandbox { inner: Arc::new(Inner { settings, capabilities, cgroups, uids: Mutex::new(BTreeSet::new()) }) })
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                settings,
+                capabilities,
+                cgroups,
+                uids: Arc::default(),
+                warm: Mutex::new(WarmPool::default()),
+            }),
+        })
     }
 
     /// What this host supports, without preparing anything.
@@ -190,6 +203,176 @@ impl Sandbox {
     async fn run(&self, spec: ExecSpec, chunks: Option<mpsc::Sender<OutputChunk>>) -> Result<ExecOutcome> {
         validate(&spec, &self.inner.settings.scratch_dir)?;
         let limits = self.limits(&spec);
+        let warm = match self.warm_eligible(&spec) {
+            true => self.inner.warm.lock().expect("warm pool poisoned").ready.pop(),
+            false => None,
+        };
+        let outcome = match warm {
+            Some(warm) => self.run_warm(warm, spec, limits, chunks).await,
+            None => self.run_cold(spec, limits, chunks).await,
+        };
+        // Launched after the run, not beside it: they would compete for the same CPUs.
+        if self.inner.settings.warm > 0 {
+            self.refill();
+        }
+        outcome
+    }
+
+    /// Whether a warm sandbox can take `spec`: one without extra binds (their mount points are
+    /// part of the root's layout) and, as root, without a folder of the caller's (it needs an
+    /// idmapped mount made for the run's uid).
+    fn warm_eligible(&self, spec: &ExecSpec) -> bool {
+        self.inner.settings.warm > 0
+            && spec.binds.is_empty()
+            && !(self.inner.capabilities.root && spec.workspace.is_some())
+    }
+
+    /// Launches warm sandboxes, each on a thread of its own, until `warm` are ready or being
+    /// launched. After a failed launch, warming stops (runs launch cold) and the failure is
+    /// logged once.
+    fn refill(&self) {
+        let target = self.inner.settings.warm;
+        let mut pool = self.inner.warm.lock().expect("warm pool poisoned");
+        while !pool.failed && pool.ready.len() + pool.launching < target {
+            pool.launching += 1;
+            let sandbox = self.clone();
+            let spawned = std::thread::Builder::new().name("cloudx-warm".into()).spawn(move || {
+                let warm = sandbox.launch_warm();
+                let mut pool = sandbox.inner.warm.lock().expect("warm pool poisoned");
+                pool.launching -= 1;
+                match warm {
+                    Ok(warm) => pool.ready.push(warm),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot launch a sandbox ahead of its run; runs launch cold");
+                        pool.failed = true;
+                    }
+                }
+            });
+            if spawned.is_err() {
+                pool.launching -= 1;
+                break;
+            }
+        }
+    }
+
+    /// Launches `sandbox.warm` sandboxes ahead of their runs and waits (up to five seconds)
+    /// until they are ready, so that the next runs start warm: a daemon calls it at start.
+    pub async fn prewarm(&self) {
+        self.refill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            {
+                let pool = self.inner.warm.lock().expect("warm pool poisoned");
+                if pool.failed || pool.launching == 0 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A sandbox launched ahead of its run (on a warming thread): a uid, a scratch workspace,
+    /// a cgroup with the default limits, the namespaces and the root but for the workspace,
+    /// `/tmp` and `/dev/shm`; init waits for the run's request.
+    fn launch_warm(&self) -> Result<Warm> {
+        let lease = if self.inner.capabilities.root { Some(UidLease::take(self)?) } else { None };
+        let host = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
+        let scratch_dir = &self.inner.settings.scratch_dir;
+        let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let scratch = Scratch::create(scratch_dir, &name, lease.as_ref().map(|l| l.uid))?;
+        let limits = self.inner.settings.defaults.clone();
+        let cgroup = match &self.inner.cgroups {
+            Some(cgroups) => Some(
+                cgroups
+                    .take(&limits)
+                    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let template = ExecSpec::new(["true"]);
+        let mut prepared = self.prepare(&template, &limits, &scratch.dir, host)?;
+        let root = skeleton(scratch_dir, &prepared.skeleton)?;
+        prepared.plan.root = cstr_path(&root)?;
+        for &i in prepared.deferred.iter().rev() {
+            prepared.plan.ops.remove(i);
+            prepared.op_names.remove(i);
+        }
+        prepared.plan.warm = Some(WarmBuffers::new());
+        let (go_r, go_w) = pipe()?;
+        let (launched, _, op_names) = launch(prepared, host, cgroup.as_ref(), None, Some(go_r))?;
+        match ready(&launched.report) {
+            Ok(Some(Report::Ready)) => Ok(Warm { launched, go: go_w, host, root, cgroup, scratch, lease }),
+            Ok(Some(Report::Failed { step, errno, index })) => {
+                Err(setup_error(step, errno, index, &template, &op_names))
+            }
+            Ok(_) => Err(Error::new(ErrorKind::Unavailable, "a sandbox launched ahead ended before it was ready")),
+            Err(e) => {
+                Err(Error::new(ErrorKind::Unavailable, format!("a sandbox launched ahead did not get ready: {e}")))
+            }
+        }
+    }
+
+    /// Runs `spec` in a warm sandbox: its limits into the cgroup, its request to init.
+    async fn run_warm(
+        &self,
+        warm: Warm,
+        spec: ExecSpec,
+        limits: EffectiveLimits,
+        chunks: Option<mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome> {
+        let started = Instant::now();
+        let Warm { launched, go, host, root, mut cgroup, scratch, lease } = warm;
+        if let (Some(cgroups), Some(run)) = (&self.inner.cgroups, cgroup.as_mut()) {
+            cgroups
+                .relimit(run, &limits)
+                .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot set the run's cgroup limits: {e}")))?;
+        }
+        let workspace = spec.workspace.clone().unwrap_or_else(|| scratch.dir.clone());
+        // The plan holds raw pointers: it must not live across an await.
+        let (request, isolation, op_names) = {
+            let prepared = self.prepare(&spec, &limits, &workspace, host)?;
+            let request = Request {
+                loopback: spec.network == Network::Loopback,
+                workspace: &cstr_path(&workspace)?,
+                workspace_flags: prepared.workspace_flags,
+                tmpfs: &prepared.tmpfs,
+                cwd: &prepared.plan.cwd,
+                rlimits: &prepared.plan.rlimits,
+                programs: &prepared.programs,
+                argv: &prepared.argv,
+                envp: &prepared.envp,
+            }
+            .encode()
+            // The host's /etc changed since this sandbox was launched, or the request is huge.
+            .filter(|_| skeleton_path(&self.inner.settings.scratch_dir, &prepared.skeleton) == root);
+            (request, prepared.isolation, prepared.op_names)
+        };
+        let Some(request) = request else {
+            drop((launched, cgroup, scratch, lease));
+            return self.run_cold(spec, limits, chunks).await;
+        };
+        let mut go = tokio::net::unix::pipe::Sender::from_owned_fd(go)
+            .map_err(|e| Error::internal("cannot use a warm sandbox's request pipe", e))?;
+        // A write error means init has gone: supervision reads its report.
+        let _ = go.write_all(&request).await;
+        drop(go);
+        let result = supervise(launched, &spec, &limits, chunks, started).await;
+        let stats = cgroup.as_ref().map(RunCgroup::stats);
+        drop(cgroup);
+        drop(scratch);
+        drop(lease);
+        let mut outcome = finish(result?, stats, isolation, &op_names, &spec)?;
+        outcome.warm = true;
+        Ok(outcome)
+    }
+
+    /// Runs `spec` in a sandbox launched for it.
+    async fn run_cold(
+        &self,
+        spec: ExecSpec,
+        limits: EffectiveLimits,
+        chunks: Option<mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome> {
         let lease = if self.inner.capabilities.root { Some(UidLease::take(self)?) } else { None };
         let (host_uid, host_gid) = self.inside_host_ids(lease.as_ref().map(|l| l.uid));
         let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -244,7 +427,7 @@ impl Sandbox {
             Some(owner) => Some(idmapped_tree(workspace, owner, host)?),
             None => None,
         };
-        launch(prepared, host, cgroup, idmapped)
+        launch(prepared, host, cgroup, idmapped, None)
     }
 
     /// Builds the plan of a run and its isolation record.
@@ -280,12 +463,14 @@ impl Sandbox {
             Some(dir) if caps.root => Some(owner_of(dir)?).filter(|owner| *owner != host),
             _ => None,
         };
+        builder.defer_next();
         match idmap {
             Some(owner) => builder.idmapped(workspace, "workspace", owner)?,
             None => builder.bind(workspace, "workspace", false)?,
         }
         let tmpfs = format!("size={},nr_inodes={},mode=1777", limits.tmpfs_size, tmpfs_inodes(limits.tmpfs_size));
         builder.dir("tmp");
+        builder.defer_next();
         builder.tmpfs("tmp", &tmpfs);
         builder.dir("dev");
         for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -300,6 +485,7 @@ impl Sandbox {
             builder.symlink(target, link);
         }
         builder.dir("dev/shm");
+        builder.defer_next();
         builder.tmpfs("dev/shm", &tmpfs);
         builder.dir("proc");
         builder.op(Op::Proc(cstr("proc")?), "/proc: procfs of the sandbox's pid namespace".into());
@@ -413,23 +599,28 @@ impl Sandbox {
             loopback: spec.network == Network::Loopback,
             cgroup_namespace: true,
             cwd: cstr(&cwd)?,
-            programs,
+            programs: Vec::new(),
             argv: Vec::new(),
             envp: Vec::new(),
             rlimits: rlimits.iter().map(|&(_, resource, soft, hard)| (resource, soft, hard)).collect(),
             landlock: landlock.as_ref().map(|l| l.child_rules.iter().map(|(p, a)| (p.clone(), *a)).collect()),
             seccomp: &filters.programs,
-            fds: [-1; 8],
+            fds: [-1; 9],
+            warm: None,
         };
         Ok(Prepared {
             plan,
             op_names: builder.names,
             skeleton: builder.skeleton,
+            deferred: builder.deferred,
+            programs,
             argv,
             envp,
             landlock,
             isolation,
             idmap,
+            tmpfs: cstr(&tmpfs)?,
+            workspace_flags: libc::MS_NOSUID | libc::MS_NODEV | locked_flags(workspace),
         })
     }
 
@@ -582,9 +773,16 @@ struct PlanBuilder {
     names: Vec<String>,
     described: Vec<String>,
     dirs: BTreeSet<String>,
+    /// Indices of the ops a warm sandbox does only once it has its run.
+    deferred: Vec<usize>,
 }
 
 impl PlanBuilder {
+    /// Marks the next op as one a warm sandbox defers.
+    fn defer_next(&mut self) {
+        self.deferred.push(self.ops.len());
+    }
+
     fn op(&mut self, op: Op, description: String) {
         self.names.push(describe_op(&op));
         self.ops.push(op);
@@ -740,13 +938,19 @@ fn copy_tree(source: &Path, target: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Makes (once) the skeleton for `entries` under `base`, and returns its path.
-fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
+/// Where the skeleton for `entries` is (or would be) under `base`: named by a hash of them.
+fn skeleton_path(base: &Path, entries: &[Skel]) -> PathBuf {
     use sha2::Digest as _;
-    use std::os::unix::fs::DirBuilderExt as _;
     let digest = sha2::Sha256::digest(format!("{entries:?}").as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let root = base.join(format!("root-{name}"));
+    base.join(format!("root-{name}"))
+}
+
+/// Makes (once) the skeleton for `entries` under `base`, and returns its path.
+fn skeleton(base: &Path, entries: &[Skel]) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let root = skeleton_path(base, entries);
+    let name = root.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("root-")).unwrap_or("").to_owned();
     if is_ours(&root) {
         return Ok(root);
     }
@@ -826,6 +1030,12 @@ struct Prepared {
     plan: Plan,
     skeleton: Vec<Skel>,
     op_names: Vec<String>,
+    /// The ops a warm sandbox leaves for its run (the workspace, `/tmp`, `/dev/shm`).
+    deferred: Vec<usize>,
+    /// The tmpfs options of `/tmp` and `/dev/shm`, and the workspace's mount flags.
+    tmpfs: CString,
+    workspace_flags: libc::c_ulong,
+    programs: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
     landlock: Option<landlock::Rules>,
@@ -938,7 +1148,7 @@ fn probe() -> (Capabilities, Option<Cgroups>) {
 /// A host uid of the range, held for one run (as root). Held across processes by a lock file.
 struct UidLease {
     uid: u32,
-    sandbox: Sandbox,
+    taken: Arc<Mutex<BTreeSet<u32>>>,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -964,7 +1174,7 @@ impl UidLease {
                 .map_err(|e| Error::internal("cannot open a uid lock", e))?;
             if let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
                 taken.insert(uid);
-                return Ok(UidLease { uid, sandbox: sandbox.clone(), _lock: lock });
+                return Ok(UidLease { uid, taken: sandbox.inner.uids.clone(), _lock: lock });
             }
         }
         Err(Error::new(ErrorKind::RateLimited, "every sandbox uid is in use: too many runs at once"))
@@ -973,7 +1183,7 @@ impl UidLease {
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        self.sandbox.inner.uids.lock().expect("uid set poisoned").remove(&self.uid);
+        self.taken.lock().expect("uid set poisoned").remove(&self.uid);
     }
 }
 
@@ -1047,6 +1257,49 @@ impl Drop for Scratch {
     }
 }
 
+/// Sandboxes launched ahead of their runs, and how many are being launched.
+#[derive(Default)]
+struct WarmPool {
+    ready: Vec<Warm>,
+    launching: usize,
+    /// A launch failed: runs launch cold from then on.
+    failed: bool,
+}
+
+/// A sandbox launched ahead of its run (see [`Sandbox::launch_warm`]). Dropped unused, its
+/// lifeline closes and everything in it ends.
+struct Warm {
+    launched: Launched,
+    /// Where init reads its run's request.
+    go: OwnedFd,
+    host: (u32, u32),
+    /// The root skeleton it was built on.
+    root: PathBuf,
+    cgroup: Option<RunCgroup>,
+    scratch: Scratch,
+    lease: Option<UidLease>,
+}
+
+/// Waits (up to five seconds) for a warm init's first report.
+fn ready(report: &OwnedFd) -> std::io::Result<Option<Report>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
+    if nix::poll::poll(&mut fds, PollTimeout::from(5000u16))? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in five seconds"));
+    }
+    let mut record = [0u8; REPORT_LEN];
+    let mut done = 0;
+    while done < REPORT_LEN {
+        match nix::unistd::read(report, &mut record[done..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Report::decode(&record))
+}
+
 /// A launched sandbox: the outer process and the supervisor's ends of the pipes.
 struct Launched {
     outer: Outer,
@@ -1105,6 +1358,7 @@ fn launch(
     host: (u32, u32),
     cgroup: Option<&RunCgroup>,
     idmapped: Option<OwnedFd>,
+    go: Option<OwnedFd>,
 ) -> Result<(Launched, Isolation, Vec<String>)> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -1127,7 +1381,9 @@ fn launch(
         sync_child.as_raw_fd(),
         ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         idmapped.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        go.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
     ];
+    plan.programs = prepared.programs.iter().map(|p| p.as_ptr()).collect();
     plan.argv = prepared.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     plan.envp = prepared.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
 
@@ -1139,7 +1395,7 @@ fn launch(
         namespaces::outer(plan);
     }
     let mut outer = Outer { pid, reaped: false };
-    drop((stdin_r, stdout_w, stderr_w, report_w, lifeline_r, sync_child, ruleset, idmapped));
+    drop((stdin_r, stdout_w, stderr_w, report_w, lifeline_r, sync_child, ruleset, idmapped, go));
     handshake(&sync_parent, pid, host, cgroup).inspect_err(|_| {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         outer.reap_now();
@@ -1327,8 +1583,8 @@ fn finish(
             (code, signal, Duration::from_micros(user_us + system_us), max_rss_kib * 1024)
         }
         // Killed before it could report: the deadline, or the outer process was killed.
-        None if s.timed_out => (None, Some(libc::SIGKILL), Duration::ZERO, 0),
-        None => {
+        Some(Report::Ready) | None if s.timed_out => (None, Some(libc::SIGKILL), Duration::ZERO, 0),
+        Some(Report::Ready) | None => {
             return Err(Error::new(ErrorKind::Internal, "the sandbox ended without reporting how its command ended"));
         }
     };
@@ -1359,6 +1615,7 @@ fn finish(
         stdout_truncated: s.stdout_truncated,
         stderr: s.stderr,
         stderr_truncated: s.stderr_truncated,
+        warm: false,
         wall_time: s.wall,
         cpu_time: cpu,
         peak_memory: stats.peak_memory.unwrap_or(rss),

@@ -18,7 +18,7 @@
 //!
 //! Failures are reported through the report pipe as fixed-size records ([`Report`]).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use libc::{c_char, c_ulong};
@@ -33,6 +33,17 @@ pub(super) const SYNC_FD: RawFd = 5;
 pub(super) const LANDLOCK_FD: RawFd = 6;
 /// A detached, idmapped mount of the workspace, made by the supervisor (as root).
 pub(super) const IDMAPPED_FD: RawFd = 7;
+/// A warm sandbox's init reads its run's request here.
+pub(super) const GO_FD: RawFd = 8;
+
+/// The largest request a warm sandbox takes (argv, environment, paths); a larger run is
+/// launched cold.
+pub(super) const REQUEST_MAX: usize = 256 * 1024;
+/// The most strings (program candidates, arguments, variables) a request holds.
+pub(super) const POINTERS_MAX: usize = 16 * 1024;
+/// The most rlimits a request sets.
+const RLIMITS_MAX: usize = 8;
+const REQUEST_MAGIC: u32 = 0x6378_6731;
 
 /// The sandbox's uid and gid inside its user namespace.
 pub(super) const INSIDE_ID: u32 = 1000;
@@ -64,10 +75,13 @@ pub(super) enum Step {
     WorkingDirectory,
     Exec,
     Wait,
+    Request,
+    Workspace,
+    Tmpfs,
 }
 
 impl Step {
-    const ALL: [Step; 23] = [
+    const ALL: [Step; 26] = [
         Step::Descriptors,
         Step::DropGroups,
         Step::Unshare,
@@ -91,6 +105,9 @@ impl Step {
         Step::WorkingDirectory,
         Step::Exec,
         Step::Wait,
+        Step::Request,
+        Step::Workspace,
+        Step::Tmpfs,
     ];
 
     pub(super) fn from_u32(n: u32) -> Option<Step> {
@@ -122,6 +139,9 @@ impl Step {
             Step::WorkingDirectory => "entering the working directory",
             Step::Exec => "executing the command",
             Step::Wait => "waiting for the command",
+            Step::Request => "reading the run's request",
+            Step::Workspace => "binding the workspace",
+            Step::Tmpfs => "mounting /tmp and /dev/shm",
         }
     }
 }
@@ -133,6 +153,8 @@ pub(super) enum Report {
     Failed { step: u32, errno: i32, index: u32 },
     /// The command ended: its wait status and the resource use of every process init reaped.
     Ended { status: i32, user_us: u64, system_us: u64, max_rss_kib: u64 },
+    /// A warm sandbox's init has built the fixed part of the root and waits for a request.
+    Ready,
 }
 
 pub(super) const REPORT_LEN: usize = 40;
@@ -145,6 +167,7 @@ impl Report {
             Report::Ended { status, user_us, system_us, max_rss_kib } => {
                 (2, 0, status, 0, user_us, system_us, max_rss_kib)
             }
+            Report::Ready => (3, 0, 0, 0, 0, 0, 0),
         };
         out[0..4].copy_from_slice(&tag.to_ne_bytes());
         out[4..8].copy_from_slice(&a.to_ne_bytes());
@@ -167,6 +190,7 @@ impl Report {
                 system_us: u64_at(24),
                 max_rss_kib: u64_at(32),
             }),
+            3 => Some(Report::Ready),
             _ => None,
         }
     }
@@ -209,8 +233,9 @@ pub(super) struct Plan {
     pub(super) cgroup_namespace: bool,
     /// The command's working directory, absolute in the new root.
     pub(super) cwd: CString,
-    /// Where the program may be, tried in order (its path, or each `PATH` entry + its name).
-    pub(super) programs: Vec<CString>,
+    /// Where the program may be, tried in order (its path, or each `PATH` entry + its name),
+    /// as pointers into strings the parent keeps.
+    pub(super) programs: Vec<*const c_char>,
     /// `argv` and `envp` as null-terminated pointer arrays into strings the parent keeps.
     pub(super) argv: Vec<*const c_char>,
     pub(super) envp: Vec<*const c_char>,
@@ -221,8 +246,191 @@ pub(super) struct Plan {
     /// The filters, installed in order.
     pub(super) seccomp: &'static [seccompiler::BpfProgram],
     /// The descriptors to install: stdin, stdout, stderr, report, lifeline, sync, landlock,
-    /// idmapped workspace.
-    pub(super) fds: [RawFd; 8],
+    /// idmapped workspace, go.
+    pub(super) fds: [RawFd; 9],
+    /// A warm sandbox: init builds the root but the workspace, `/tmp` and `/dev/shm` (which
+    /// are not in `ops`), reports [`Report::Ready`], and takes the rest of its run from a
+    /// request on [`GO_FD`], decoded into these buffers (allocated by the parent before the
+    /// fork: the children allocate nothing).
+    pub(super) warm: Option<WarmBuffers>,
+}
+
+/// Room for a warm sandbox's request.
+pub(super) struct WarmBuffers {
+    pub(super) request: Box<[u8]>,
+    pub(super) pointers: Box<[*const c_char]>,
+}
+
+impl WarmBuffers {
+    pub(super) fn new() -> Self {
+        Self {
+            request: vec![0; REQUEST_MAX].into_boxed_slice(),
+            pointers: vec![std::ptr::null(); POINTERS_MAX].into_boxed_slice(),
+        }
+    }
+}
+
+/// What the command stage needs: from the plan (a cold launch) or a request (a warm one).
+struct RunArgs<'a> {
+    rlimits: &'a [(libc::__rlimit_resource_t, u64, u64)],
+    cwd: &'a CStr,
+    programs: &'a [*const c_char],
+    argv: &'a [*const c_char],
+    envp: &'a [*const c_char],
+}
+
+/// A warm sandbox's request, as the supervisor encodes it and init decodes it (native byte
+/// order; strings NUL-terminated):
+///
+/// `len: u32` (of what follows), `magic: u32`, `flags: u32` (bit 0: loopback),
+/// `workspace_flags: u64`, `rlimit count: u32` and that many `(resource: u32, soft: u64, hard:
+/// u64)`, `programs, argv, envp counts: 3 × u32`, then the strings: the workspace's host path,
+/// the tmpfs options, the working directory, the programs, the arguments, the variables.
+pub(super) struct Request<'a> {
+    pub(super) loopback: bool,
+    pub(super) workspace: &'a CStr,
+    pub(super) workspace_flags: u64,
+    pub(super) tmpfs: &'a CStr,
+    pub(super) cwd: &'a CStr,
+    pub(super) rlimits: &'a [(libc::__rlimit_resource_t, u64, u64)],
+    pub(super) programs: &'a [CString],
+    pub(super) argv: &'a [CString],
+    pub(super) envp: &'a [CString],
+}
+
+impl Request<'_> {
+    /// The encoded request (by the supervisor), or `None` when it is too large for a warm
+    /// sandbox.
+    pub(super) fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&REQUEST_MAGIC.to_ne_bytes());
+        out.extend_from_slice(&u32::from(self.loopback).to_ne_bytes());
+        out.extend_from_slice(&self.workspace_flags.to_ne_bytes());
+        if self.rlimits.len() > RLIMITS_MAX {
+            return None;
+        }
+        out.extend_from_slice(&(self.rlimits.len() as u32).to_ne_bytes());
+        for &(resource, soft, hard) in self.rlimits {
+            out.extend_from_slice(&resource.to_ne_bytes());
+            out.extend_from_slice(&soft.to_ne_bytes());
+            out.extend_from_slice(&hard.to_ne_bytes());
+        }
+        // Room for the pointers: the programs, then argv and envp each with a null.
+        if self.programs.len() + self.argv.len() + self.envp.len() + 2 > POINTERS_MAX {
+            return None;
+        }
+        for n in [self.programs.len(), self.argv.len(), self.envp.len()] {
+            out.extend_from_slice(&(n as u32).to_ne_bytes());
+        }
+        for s in [self.workspace, self.tmpfs, self.cwd] {
+            out.extend_from_slice(s.to_bytes_with_nul());
+        }
+        for s in self.programs.iter().chain(self.argv).chain(self.envp) {
+            out.extend_from_slice(s.to_bytes_with_nul());
+        }
+        if out.len() > REQUEST_MAX {
+            return None;
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_ne_bytes());
+        Some(out)
+    }
+}
+
+/// A decoded request: views into the warm buffers.
+struct Decoded<'a> {
+    loopback: bool,
+    workspace: &'a CStr,
+    workspace_flags: c_ulong,
+    tmpfs: &'a CStr,
+    cwd: &'a CStr,
+    rlimits: [(libc::__rlimit_resource_t, u64, u64); RLIMITS_MAX],
+    rlimit_count: usize,
+    pointers: &'a [*const c_char],
+    programs: usize,
+    argv: usize,
+}
+
+/// Reads and decodes a request from [`GO_FD`] into `buffers`, without allocating.
+fn read_request(buffers: &mut WarmBuffers) -> Sys<Decoded<'_>> {
+    let mut len = [0u8; 4];
+    if !sys::read_exact(GO_FD, &mut len)? {
+        // The supervisor dropped this warm sandbox.
+        sys::exit(0);
+    }
+    let len = u32::from_ne_bytes(len) as usize;
+    if len > buffers.request.len() {
+        return Err(Errno::E2BIG);
+    }
+    let body = &mut buffers.request[..len];
+    sys::read_exact(GO_FD, body)?;
+    let body = &buffers.request[..len];
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Sys<&[u8]> {
+        let part = body.get(at..at + n).ok_or(Errno::EINVAL)?;
+        at += n;
+        Ok(part)
+    };
+    let u32_of = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let u64_of = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    if u32_of(take(4)?) != REQUEST_MAGIC {
+        return Err(Errno::EINVAL);
+    }
+    let loopback = u32_of(take(4)?) & 1 == 1;
+    let workspace_flags = u64_of(take(8)?) as c_ulong;
+    let rlimit_count = u32_of(take(4)?) as usize;
+    if rlimit_count > RLIMITS_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let mut rlimits = [(0 as libc::__rlimit_resource_t, 0u64, 0u64); RLIMITS_MAX];
+    for slot in rlimits.iter_mut().take(rlimit_count) {
+        let resource = u32_of(take(4)?);
+        let soft = u64_of(take(8)?);
+        let hard = u64_of(take(8)?);
+        *slot = (resource as libc::__rlimit_resource_t, soft, hard);
+    }
+    let programs = u32_of(take(4)?) as usize;
+    let argv = u32_of(take(4)?) as usize;
+    let envp = u32_of(take(4)?) as usize;
+    if programs + argv + envp + 2 > buffers.pointers.len() {
+        return Err(Errno::EINVAL);
+    }
+    // The strings, each up to its NUL.
+    let mut next_str = || -> Sys<&CStr> {
+        let rest = body.get(at..).ok_or(Errno::EINVAL)?;
+        let s = CStr::from_bytes_until_nul(rest).map_err(|_| Errno::EINVAL)?;
+        at += s.to_bytes_with_nul().len();
+        Ok(s)
+    };
+    let workspace = next_str()?;
+    let tmpfs = next_str()?;
+    let cwd = next_str()?;
+    // Pointers: programs, argv + null, envp + null.
+    let mut slot = 0usize;
+    let pointers = &mut buffers.pointers;
+    for (count, terminated) in [(programs, false), (argv, true), (envp, true)] {
+        for _ in 0..count {
+            pointers[slot] = next_str()?.as_ptr();
+            slot += 1;
+        }
+        if terminated {
+            pointers[slot] = std::ptr::null();
+            slot += 1;
+        }
+    }
+    Ok(Decoded {
+        loopback,
+        workspace,
+        workspace_flags,
+        tmpfs,
+        cwd,
+        rlimits,
+        rlimit_count,
+        pointers: &buffers.pointers[..slot],
+        programs,
+        argv,
+    })
 }
 
 const NOSUID_NODEV: c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
@@ -247,7 +455,7 @@ impl<T> OrFail<T> for Sys<T> {
 }
 
 /// The outer process. Never returns.
-pub(super) fn outer(plan: &Plan) -> ! {
+pub(super) fn outer(plan: &mut Plan) -> ! {
     sys::reset_signals();
     // Until the descriptors are in place, fd 3 may be one of the supervisor's: no report.
     if arrange_descriptors(plan).is_err() {
@@ -283,7 +491,7 @@ pub(super) fn outer(plan: &Plan) -> ! {
         init_process(plan, alive_r);
     }
     sys::close(alive_r);
-    for fd in [0, 1, 2, LANDLOCK_FD, IDMAPPED_FD] {
+    for fd in [0, 1, 2, LANDLOCK_FD, IDMAPPED_FD, GO_FD] {
         sys::close(fd);
     }
     let pidfd = sys::pidfd_open(init).or_fail(Step::Wait);
@@ -316,7 +524,7 @@ fn above_fixed((r, w): (RawFd, RawFd)) -> (RawFd, RawFd) {
 /// Moves the plan's descriptors to their fixed numbers and closes every other one.
 fn arrange_descriptors(plan: &Plan) -> Sys {
     // Out of the way first (above any fixed number), then into place.
-    let mut high = [0 as RawFd; 8];
+    let mut high = [0 as RawFd; 9];
     for (slot, &fd) in high.iter_mut().zip(&plan.fds) {
         *slot = if fd < 0 { -1 } else { sys::dup_above(fd, 16)? };
     }
@@ -329,7 +537,7 @@ fn arrange_descriptors(plan: &Plan) -> Sys {
             sys::close(target as RawFd);
         }
     }
-    sys::close_from(IDMAPPED_FD + 1)
+    sys::close_from(GO_FD + 1)
 }
 
 /// Makes init die with the outer process: the parent-death signal (which the kernel clears on
@@ -342,8 +550,9 @@ fn die_with_outer(alive: RawFd) {
     }
 }
 
-/// Init: builds the root, hardens itself, runs the command, reaps.
-fn init_process(plan: &Plan, alive: RawFd) -> ! {
+/// Init: builds the root, hardens itself, runs the command, reaps. A warm init builds the
+/// fixed part of the root, says it is ready, and waits for its run's request first.
+fn init_process(plan: &mut Plan, alive: RawFd) -> ! {
     if plan.cgroup_namespace {
         sys::unshare(libc::CLONE_NEWCGROUP).or_fail(Step::Cgroup);
     }
@@ -357,20 +566,53 @@ fn init_process(plan: &Plan, alive: RawFd) -> ! {
     }
     sys::close(IDMAPPED_FD);
     sys::sethostname(b"sandbox").or_fail(Step::Hostname);
-    if plan.loopback {
+    let Some(buffers) = plan.warm.as_mut() else {
+        sys::close(GO_FD);
+        if plan.loopback {
+            sys::loopback_up().or_fail(Step::Loopback);
+        }
+        let run = RunArgs {
+            rlimits: &plan.rlimits,
+            cwd: &plan.cwd,
+            programs: &plan.programs,
+            argv: &plan.argv,
+            envp: &plan.envp,
+        };
+        harden_and_run(plan.root_flags, plan.landlock.as_deref(), plan.seccomp, alive, &run);
+    };
+    let _ = sys::write_all(REPORT_FD, &Report::Ready.encode());
+    let request = read_request(buffers).or_fail(Step::Request);
+    sys::close(GO_FD);
+    if request.loopback {
         sys::loopback_up().or_fail(Step::Loopback);
     }
+    for (target, extra) in [(c"tmp", 0), (c"dev/shm", libc::MS_NOEXEC)] {
+        sys::mount(Some(c"tmpfs"), target, Some(c"tmpfs"), NOSUID_NODEV | extra, Some(request.tmpfs))
+            .or_fail(Step::Tmpfs);
+    }
+    sys::mount(Some(request.workspace), c"workspace", None, libc::MS_BIND, None).or_fail(Step::Workspace);
+    sys::mount(None, c"workspace", None, libc::MS_REMOUNT | libc::MS_BIND | request.workspace_flags, None)
+        .or_fail(Step::Workspace);
+    let (programs, rest) = request.pointers.split_at(request.programs);
+    let (argv, envp) = rest.split_at(request.argv + 1);
+    let run = RunArgs { rlimits: &request.rlimits[..request.rlimit_count], cwd: request.cwd, programs, argv, envp };
+    harden_and_run(plan.root_flags, plan.landlock.as_deref(), plan.seccomp, alive, &run)
+}
+
+/// Pivots into the root, becomes the sandbox user, drops every privilege, applies landlock
+/// and seccomp, forks the command and reaps until it exits.
+fn harden_and_run(
+    root_flags: c_ulong,
+    landlock: Option<&[(CString, u64)]>,
+    seccomp: &[seccompiler::BpfProgram],
+    alive: RawFd,
+    run: &RunArgs<'_>,
+) -> ! {
     sys::pivot_root(c".", c".").or_fail(Step::PivotRoot);
     sys::umount_detach(c".").or_fail(Step::PivotRoot);
     sys::chdir(c"/").or_fail(Step::PivotRoot);
-    sys::mount(
-        None,
-        c"/",
-        None,
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | NOSUID_NODEV | plan.root_flags,
-        None,
-    )
-    .or_fail(Step::ReadOnlyRoot);
+    sys::mount(None, c"/", None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | NOSUID_NODEV | root_flags, None)
+        .or_fail(Step::ReadOnlyRoot);
     sys::setresgid(INSIDE_ID).or_fail(Step::Ids);
     sys::setresuid(INSIDE_ID).or_fail(Step::Ids);
     die_with_outer(alive);
@@ -378,21 +620,21 @@ fn init_process(plan: &Plan, alive: RawFd) -> ! {
     sys::prctl(libc::PR_SET_DUMPABLE, 0).or_fail(Step::Ids);
     sys::drop_capabilities().or_fail(Step::Capabilities);
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).or_fail(Step::NoNewPrivs);
-    if let Some(rules) = &plan.landlock {
+    if let Some(rules) = landlock {
         for (path, access) in rules {
             sys::landlock_allow(LANDLOCK_FD, path, *access).or_fail(Step::Landlock);
         }
         sys::landlock_restrict(LANDLOCK_FD).or_fail(Step::Landlock);
     }
     sys::close(LANDLOCK_FD);
-    for program in plan.seccomp {
+    for program in seccomp {
         sys::seccomp_install(program).or_fail(Step::Seccomp);
     }
     #[allow(unsafe_code)]
     // SAFETY: single-threaded.
     let command = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
     if command == 0 {
-        command_process(plan);
+        command_process(run);
     }
     sys::close(0);
     sys::close(1);
@@ -462,15 +704,15 @@ fn run_op(op: &Op) -> Sys {
 }
 
 /// The command: a session, limits, the working directory, exec.
-fn command_process(plan: &Plan) -> ! {
+fn command_process(run: &RunArgs<'_>) -> ! {
     sys::setsid().or_fail(Step::Session);
-    for &(resource, soft, hard) in &plan.rlimits {
+    for &(resource, soft, hard) in run.rlimits {
         sys::setrlimit(resource, soft, hard).or_fail(Step::Rlimit);
     }
-    sys::chdir(&plan.cwd).or_fail(Step::WorkingDirectory);
+    sys::chdir(run.cwd).or_fail(Step::WorkingDirectory);
     let mut error = Errno::ENOENT;
-    for program in &plan.programs {
-        match sys::execve(program, &plan.argv, &plan.envp) {
+    for &program in run.programs {
+        match sys::execve(program, run.argv, run.envp) {
             Errno::ENOENT | Errno::ENOTDIR => {}
             // Keep looking on PATH, but report this one if nothing better turns up.
             e @ Errno::EACCES => error = e,

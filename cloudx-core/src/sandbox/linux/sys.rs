@@ -386,11 +386,30 @@ pub(super) fn move_mount_to(tree: RawFd, target: &CStr) -> Sys {
     check(ret).map(drop)
 }
 
-/// Replaces this process with `program`.
-pub(super) fn execve(program: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
-    // SAFETY: null-terminated arrays of NUL-terminated strings, kept alive by the parent's plan.
-    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+/// Replaces this process with `program`: `argv` and `envp` are null-terminated arrays of
+/// NUL-terminated strings, which the caller keeps alive.
+pub(super) fn execve(program: *const c_char, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()) && envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: as the caller promises.
+    unsafe { libc::execve(program, argv.as_ptr(), envp.as_ptr()) };
     Errno::last()
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` at end of file before any byte.
+pub(super) fn read_exact(fd: RawFd, buf: &mut [u8]) -> Sys<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the rest of a live buffer.
+        let ret = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+        match check(ret as c_long) {
+            Ok(0) if done == 0 => return Ok(false),
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => done += n as usize,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 pub(super) fn exit(code: c_int) -> ! {
