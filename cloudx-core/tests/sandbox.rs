@@ -993,6 +993,16 @@ async fn limits_are_detected_on_reused_cgroups() {
 #[tokio::test]
 async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     let _alone = GATE.write().await;
+    // Other tests' sandboxes may still be putting theirs away: the census counts its own.
+    let others: std::collections::BTreeSet<PathBuf> = cgroups_of_this_process().into_iter().collect();
+    let own = || cgroups_of_this_process().into_iter().filter(|d| !others.contains(d)).collect::<Vec<_>>();
+    let per_hierarchy = || {
+        let mut counts = std::collections::BTreeMap::<PathBuf, usize>::new();
+        for dir in own() {
+            *counts.entry(dir.parent().unwrap().to_path_buf()).or_default() += 1;
+        }
+        counts
+    };
     let scratch = tempfile::tempdir().unwrap();
     let sb =
         Sandbox::new(SandboxSettings { scratch_dir: scratch.path().join("scratch"), ..SandboxSettings::default() })
@@ -1022,18 +1032,25 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     // background), and the others are removed promptly; only the sandboxes launched ahead
     // have processes in theirs, and those are this process's own children.
     if sb.capabilities().cgroup != "rlimit only" {
-        assert!(!cgroups_of_this_process().is_empty(), "no cgroup found: the census would see nothing");
+        assert!(!own().is_empty(), "no cgroup found: the census would see nothing");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cgroups_per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS + warm) && Instant::now() < deadline {
+    while per_hierarchy().values().any(|n| *n > MAX_IDLE_CGROUPS + warm) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let counts = cgroups_per_hierarchy();
-    assert!(counts.values().all(|n| *n <= MAX_IDLE_CGROUPS + warm), "more cgroups than the pool keeps: {counts:?}");
+    let counts = per_hierarchy();
+    assert!(
+        counts.values().all(|n| *n <= MAX_IDLE_CGROUPS + warm),
+        "more cgroups than the pool keeps: {counts:?}: {:?}",
+        own()
+            .iter()
+            .map(|d| (d.clone(), std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default()))
+            .collect::<Vec<_>>()
+    );
     let outers = launched_children();
     assert!(outers.len() <= warm, "more sandbox processes than launched ahead: {outers:?}");
     let mut busy = std::collections::BTreeMap::<PathBuf, usize>::new();
-    for dir in cgroups_of_this_process() {
+    for dir in own() {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         if procs.trim().is_empty() {
             continue;
@@ -1048,12 +1065,11 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     // Dropping the sandbox ends the sandboxes launched ahead and removes the cgroup pool.
     drop(sb);
     let deadline = Instant::now() + Duration::from_secs(5);
-    let gone =
-        || cgroups_of_this_process().is_empty() && scratch_runs(&scratch).is_empty() && launched_children().is_empty();
+    let gone = || own().is_empty() && scratch_runs(&scratch).is_empty() && launched_children().is_empty();
     while !gone() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cgroups = cgroups_of_this_process();
+    let cgroups = own();
     assert!(cgroups.is_empty(), "cgroups left after the sandbox was dropped: {cgroups:?}");
     assert!(scratch_runs(&scratch).is_empty(), "scratch folders left: {:?}", scratch_runs(&scratch));
     assert!(launched_children().is_empty(), "sandbox processes left: {:?}", launched_children());
@@ -1090,15 +1106,6 @@ fn launched_children() -> Vec<u32> {
 
 /// How many idle cgroups a sandbox keeps per hierarchy (the pool's bound).
 const MAX_IDLE_CGROUPS: usize = 16;
-
-/// The sandbox cgroups this process made, by hierarchy.
-fn cgroups_per_hierarchy() -> std::collections::BTreeMap<PathBuf, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for dir in cgroups_of_this_process() {
-        *counts.entry(dir.parent().unwrap().to_path_buf()).or_default() += 1;
-    }
-    counts
-}
 
 /// The sandbox cgroups this process made (`cloudx-<pid>-…`), under its cgroup of each
 /// hierarchy.

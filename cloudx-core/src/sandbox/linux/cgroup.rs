@@ -451,10 +451,21 @@ impl Slot {
 }
 
 impl RunCgroup {
-    /// Moves `pid` (the outer process, before it forks anything) into the run's cgroup.
+    /// v1: the `tasks` files the outer process writes itself into (see `Plan::cgroup_tasks`).
+    pub(super) fn tasks_files(&self) -> Vec<PathBuf> {
+        match self.pool.version {
+            Version::V1 => self.slot.as_ref().expect("held until dropped").dirs().map(|d| d.join("tasks")).collect(),
+            Version::V2 => Vec::new(),
+        }
+    }
+
+    /// v2: moves `pid` (the outer process, before it forks anything) into the run's cgroup (on v1
+    /// it joined by itself).
     pub(super) fn add(&self, pid: libc::pid_t) -> io::Result<()> {
-        for dir in self.slot.as_ref().expect("held until dropped").dirs() {
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        if self.pool.version == Version::V2 {
+            for dir in self.slot.as_ref().expect("held until dropped").dirs() {
+                std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+            }
         }
         Ok(())
     }

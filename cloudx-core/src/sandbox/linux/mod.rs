@@ -298,6 +298,9 @@ impl Sandbox {
             prepared.op_names.remove(i);
         }
         prepared.plan.warm = Some(WarmBuffers::new());
+        if let Some(cgroup) = &cgroup {
+            prepared.plan.cgroup_tasks = cgroup.tasks_files().iter().map(|p| cstr_path(p)).collect::<Result<_>>()?;
+        }
         let (go_r, go_w) = pipe()?;
         let (launched, _, op_names) = launch(prepared, host, cgroup.as_ref(), None, Some(go_r))?;
         match ready(&launched.report) {
@@ -423,6 +426,9 @@ impl Sandbox {
     ) -> Result<(Launched, Isolation, Vec<String>)> {
         let mut prepared = self.prepare(spec, limits, workspace, host)?;
         prepared.plan.root = cstr_path(&skeleton(&self.inner.settings.scratch_dir, &prepared.skeleton)?)?;
+        if let Some(cgroup) = cgroup {
+            prepared.plan.cgroup_tasks = cgroup.tasks_files().iter().map(|p| cstr_path(p)).collect::<Result<_>>()?;
+        }
         let idmapped = match prepared.idmap {
             Some(owner) => Some(idmapped_tree(workspace, owner, host)?),
             None => None,
@@ -598,6 +604,7 @@ impl Sandbox {
             ops: std::mem::take(&mut builder.ops),
             loopback: spec.network == Network::Loopback,
             cgroup_namespace: true,
+            cgroup_tasks: Vec::new(),
             cwd: cstr(&cwd)?,
             programs: Vec::new(),
             argv: Vec::new(),
@@ -1352,7 +1359,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Clones the outer process and does the supervisor's half of the set-up (the id maps, the
-/// cgroup), on the calling thread.
+/// cgroup on v2), on the calling thread.
 fn launch(
     mut prepared: Prepared,
     host: (u32, u32),
@@ -1411,9 +1418,9 @@ fn launch(
     Ok((launched, prepared.isolation, prepared.op_names))
 }
 
-/// Waits for the outer process to unshare, writes its id maps, puts it in the cgroup, and lets
-/// it go on. An early end of the outer process (a failed step) is not an error here: its report
-/// says what happened.
+/// Waits for the outer process to unshare, writes its id maps, puts it in the cgroup (v2; on v1
+/// it joined by itself), and lets it go on. An early end of the outer process (a failed step) is
+/// not an error here: its report says what happened.
 fn handshake(
     mut sync: &std::os::unix::net::UnixStream,
     pid: libc::pid_t,
