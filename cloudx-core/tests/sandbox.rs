@@ -732,6 +732,32 @@ async fn workspace_files_belong_to_the_sandbox(r: Runner) -> Attempt {
     Ok(())
 }
 
+async fn setuid_files_in_a_shared_folder(r: Runner) -> Attempt {
+    // What the sandbox writes into a given folder belongs to the folder's owner (root, for a
+    // root-owned folder as root): a setuid or setgid bit there would hand the host a setuid
+    // program of the owner's.
+    use std::os::unix::fs::PermissionsExt as _;
+    let ws = tempfile::tempdir().unwrap();
+    let dir = if r == Runner::Sandbox { "/workspace".to_owned() } else { ws.path().display().to_string() };
+    let script = format!(
+        "cd {dir} && cp /bin/true a && cp /bin/true b && chmod u+s a; chmod g+s b; chmod 6755 a b; \
+         install -m 4755 /bin/true c; cp -p a d; \
+         python3 -c \"import os; os.close(os.open('e', os.O_CREAT | os.O_WRONLY, 0o4755)); \
+         os.close(os.open('f', os.O_CREAT | os.O_WRONLY, 0o644)); os.chmod('f', 0o2755); \
+         os.mknod('g', 0o104755)\" 2>/dev/null; true"
+    );
+    let mut spec = sh(&script);
+    spec.workspace = Some(ws.path().to_path_buf());
+    let _ = run(r, spec).await;
+    for entry in std::fs::read_dir(ws.path()).unwrap().flatten() {
+        let mode = entry.metadata().unwrap().permissions().mode();
+        if mode & 0o6000 != 0 {
+            return Err(format!("{} has mode {mode:o} on the host", entry.path().display()));
+        }
+    }
+    Ok(())
+}
+
 macro_rules! attempts {
     ($($name:ident),* $(,)?) => {
         $(
@@ -794,6 +820,7 @@ mod escape {
         network_none_has_no_interfaces_up,
         writable_system_mounts,
         workspace_files_belong_to_the_sandbox,
+        setuid_files_in_a_shared_folder,
     );
 
     /// The weak control: plain `unshare --user --map-root-user`. The suite must see it escape,

@@ -98,6 +98,10 @@ pub(crate) fn filters() -> Result<&'static Filters, String> {
 fn compile() -> Result<Filters, String> {
     let mut denied: Vec<&'static str> = DENIED.iter().map(|&(name, _)| name).collect();
     denied.extend(["clone3 (ENOSYS)", "clone with namespace flags", "ioctl TIOCSTI", "ioctl TIOCLINUX"]);
+    denied.extend([
+        "setuid and setgid modes (chmod, fchmod, fchmodat, fchmodat2, creat, mknod, mknodat, and open/openat creating a file)",
+        "openat2 (ENOSYS)",
+    ]);
     denied.push("x32-ABI calls (kill)");
     Ok(Filters { programs: vec![program()?], denied })
 }
@@ -117,6 +121,14 @@ const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0_LOW: u32 = 16;
 const ARG1_LOW: u32 = 24;
+const ARG2_LOW: u32 = 32;
+const ARG3_LOW: u32 = 40;
+/// `S_ISUID | S_ISGID`: a file the sandbox writes into a folder it shares with its owner
+/// (idmapped, as root) belongs to that owner, so these bits would make a setuid program of the
+/// owner's — root's, for a root-owned folder — that anyone on the host could run.
+const SETID_BITS: u32 = 0o6000;
+/// `O_CREAT` and `__O_TMPFILE`: the flags with which `open` uses its mode.
+const CREATING: u32 = 0o100 | 0o20_000_000;
 
 /// Where a jump goes: the next instruction, or a labelled one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -133,6 +145,13 @@ enum Label {
     Kill,
     Ioctl,
     Clone,
+    /// A mode in argument 1 (`chmod`, `fchmod`, `creat`, `mknod`) or 2 (`fchmodat`,
+    /// `fchmodat2`, `mknodat`).
+    Mode1,
+    Mode2,
+    /// `open` (flags in argument 1, mode in 2) and `openat` (flags in 2, mode in 3).
+    Open,
+    OpenAt,
     /// The right half of a split of the syscall table, by its first index.
     Right(usize),
 }
@@ -153,6 +172,15 @@ fn table() -> Vec<(u32, Label)> {
     table.push((libc::SYS_ioctl as u32, Label::Ioctl));
     table.push((libc::SYS_clone as u32, Label::Clone));
     table.push((libc::SYS_clone3 as u32, Label::Enosys));
+    table.push((libc::SYS_openat2 as u32, Label::Enosys));
+    for nr in [libc::SYS_chmod, libc::SYS_fchmod, libc::SYS_creat, libc::SYS_mknod] {
+        table.push((nr as u32, Label::Mode1));
+    }
+    for nr in [libc::SYS_fchmodat, libc::SYS_fchmodat2, libc::SYS_mknodat] {
+        table.push((nr as u32, Label::Mode2));
+    }
+    table.push((libc::SYS_open as u32, Label::Open));
+    table.push((libc::SYS_openat as u32, Label::OpenAt));
     table.sort_unstable_by_key(|&(nr, _)| nr);
     table
 }
@@ -195,6 +223,22 @@ fn program() -> Result<BpfProgram, String> {
         Here(Label::Clone),
         Load(ARG0_LOW),
         Jump(JSET_K, namespace_flags, Target::Label(Label::Eperm), Target::Label(Label::Allow)),
+        Here(Label::Mode1),
+        Load(ARG1_LOW),
+        Jump(JSET_K, SETID_BITS, Target::Label(Label::Eperm), Target::Label(Label::Allow)),
+        Here(Label::Mode2),
+        Load(ARG2_LOW),
+        Jump(JSET_K, SETID_BITS, Target::Label(Label::Eperm), Target::Label(Label::Allow)),
+        Here(Label::Open),
+        Load(ARG1_LOW),
+        Jump(JSET_K, CREATING, Next, Target::Label(Label::Allow)),
+        Load(ARG2_LOW),
+        Jump(JSET_K, SETID_BITS, Target::Label(Label::Eperm), Target::Label(Label::Allow)),
+        Here(Label::OpenAt),
+        Load(ARG2_LOW),
+        Jump(JSET_K, CREATING, Next, Target::Label(Label::Allow)),
+        Load(ARG3_LOW),
+        Jump(JSET_K, SETID_BITS, Target::Label(Label::Eperm), Target::Label(Label::Allow)),
         Here(Label::Allow),
         Ret(libc::SECCOMP_RET_ALLOW),
         Here(Label::Eperm),
@@ -288,12 +332,20 @@ mod tests {
         let nr = i64::from(nr);
         let namespaces = NAMESPACE_FLAGS.iter().any(|&f| args[0] & u64::from(f as u32) != 0);
         let terminal = DENIED_IOCTLS.iter().any(|&(_, r)| args[1] & 0xffff_ffff == r);
+        let setid = |arg: usize| args[arg] & 0o6000 != 0;
+        let creating = |arg: usize| args[arg] & (libc::O_CREAT as u64 | 0o20_000_000) != 0;
+        let mode1 = [libc::SYS_chmod, libc::SYS_fchmod, libc::SYS_creat, libc::SYS_mknod].contains(&nr);
+        let mode2 = [libc::SYS_fchmodat, libc::SYS_fchmodat2, libc::SYS_mknodat].contains(&nr);
         if DENIED.iter().any(|&(_, denied)| denied == nr)
             || (nr == libc::SYS_clone && namespaces)
             || (nr == libc::SYS_ioctl && terminal)
+            || (mode1 && setid(1))
+            || (mode2 && setid(2))
+            || (nr == libc::SYS_open && creating(1) && setid(2))
+            || (nr == libc::SYS_openat && creating(2) && setid(3))
         {
             EPERM
-        } else if nr == libc::SYS_clone3 {
+        } else if nr == libc::SYS_clone3 || nr == libc::SYS_openat2 {
             ENOSYS
         } else {
             ALLOW
@@ -328,7 +380,14 @@ mod tests {
         for nr in (0..1024).chain([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 39, X32_SYSCALL_BIT | 101, u32::MAX]) {
             for arch in [AUDIT_ARCH_X86_64, 0x4000_0003 /* i386 */, 0xC000_00B7 /* aarch64 */] {
                 for &x in &clone_args {
-                    for args in [[x, 0, 0, 0, 0, 0], [0, x, 0, 0, 0, 0]] {
+                    for args in [
+                        [x, 0, 0, 0, 0, 0],
+                        [0, x, 0, 0, 0, 0],
+                        [0, x, x, 0, 0, 0],
+                        [0, 0, x, x, 0, 0],
+                        [0, 0o100, 0o4755, 0o2755, 0, 0],
+                        [0, 0o20_200_000, 0o644, 0o4000, 0, 0],
+                    ] {
                         assert_eq!(
                             run(program, nr, arch, args),
                             expected(nr, arch, args),
@@ -347,5 +406,10 @@ mod tests {
         assert_eq!(run(program, libc::SYS_ioctl as u32, x86, [0, libc::TIOCSTI, 0, 0, 0, 0]), EPERM);
         assert_eq!(run(program, libc::SYS_getpid as u32 | X32_SYSCALL_BIT, x86, [0; 6]), KILL);
         assert_eq!(run(program, libc::SYS_read as u32, x86, [0; 6]), ALLOW);
+        assert_eq!(run(program, libc::SYS_fchmodat as u32, x86, [0, 0, 0o4755, 0, 0, 0]), EPERM);
+        assert_eq!(run(program, libc::SYS_fchmodat as u32, x86, [0, 0, 0o755, 0, 0, 0]), ALLOW);
+        assert_eq!(run(program, libc::SYS_openat as u32, x86, [0, 0, 0o101, 0o2755, 0, 0]), EPERM);
+        assert_eq!(run(program, libc::SYS_openat as u32, x86, [0, 0, 0o1, 0o6755, 0, 0]), ALLOW);
+        assert_eq!(run(program, libc::SYS_openat2 as u32, x86, [0; 6]), ENOSYS);
     }
 }
