@@ -1051,6 +1051,11 @@ async fn a_hundred_concurrent_sandboxes_leave_nothing_behind() {
     // The sandboxes launched ahead of the next runs hold a scratch folder each, no more.
     let warm = sb.settings().warm;
     assert!(warm > 0, "the census counts the sandboxes launched ahead too");
+    // (A run's teardown finishes just after its outcome: poll.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scratch_runs(&scratch).len() > warm && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let runs_left = scratch_runs(&scratch);
     assert!(runs_left.len() <= warm, "scratch folders left: {runs_left:?}");
     // No stray process.

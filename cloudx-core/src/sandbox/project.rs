@@ -59,7 +59,7 @@ pub struct ProjectRun {
     pub commit: Option<WorkspaceCommit>,
 }
 
-/// A checked-out workspace, removed when dropped (off the async runtime when there is one).
+/// A checked-out workspace, removed when dropped (on a thread of its own).
 struct Workspace(PathBuf);
 
 impl Drop for Workspace {
@@ -70,9 +70,9 @@ impl Drop for Workspace {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run's workspace");
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(remove)),
-            Err(_) => remove(),
+        // A thread of its own: a runtime's blocking pool drops its work unrun when it shuts down.
+        if std::thread::Builder::new().name("cloudx-workspace".into()).spawn(remove).is_err() {
+            tracing::warn!("cannot start a thread to remove a run's workspace");
         }
     }
 }

@@ -502,10 +502,16 @@ impl Drop for RunCgroup {
     }
 }
 
-/// Runs `work` on a blocking thread of the runtime, or here without one.
+/// Runs `work` on a thread of its own when called on a runtime, or here without one.
 fn in_background(work: impl FnOnce() + Send + 'static) {
+    // A runtime's blocking pool would drop the work unrun once the runtime shuts down; it
+    // must run (or the folder stays). Off a runtime (a run's teardown thread), it runs here.
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) => drop(handle.spawn_blocking(work)),
+        Ok(_) => {
+            if let Err(e) = std::thread::Builder::new().name("cloudx-cgroup".into()).spawn(work) {
+                tracing::warn!(error = %e, "cannot start a thread to put a cgroup away");
+            }
+        }
         Err(_) => work(),
     }
 }

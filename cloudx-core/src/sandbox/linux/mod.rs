@@ -359,12 +359,10 @@ impl Sandbox {
         // A write error means init has gone: supervision reads its report.
         let _ = go.write_all(&request).await;
         drop(go);
-        let result = supervise(launched, &spec, &limits, chunks, started).await;
+        let mut supervised = supervise(launched, &spec, &limits, chunks, started).await?;
         let stats = cgroup.as_ref().map(RunCgroup::stats);
-        drop(cgroup);
-        drop(scratch);
-        drop(lease);
-        let mut outcome = finish(result?, stats, isolation, &op_names, &spec)?;
+        teardown(supervised.outer.take(), (cgroup, scratch, lease), spec.workspace.is_some()).await;
+        let mut outcome = finish(supervised, stats, isolation, &op_names, &spec)?;
         outcome.warm = true;
         Ok(outcome)
     }
@@ -406,12 +404,9 @@ impl Sandbox {
         })
         .await
         .map_err(|e| Error::internal("the sandbox's launching thread failed", e))??;
-        let result = supervise(launched, &spec, &limits, chunks, started).await;
+        let mut supervised = supervise(launched, &spec, &limits, chunks, started).await?;
         let stats = cgroup.as_ref().map(RunCgroup::stats);
-        drop(cgroup);
-        drop(scratch);
-        drop(lease);
-        let supervised = result?;
+        teardown(supervised.outer.take(), (cgroup, scratch, lease), spec.workspace.is_some()).await;
         finish(supervised, stats, isolation, &op_names, &spec)
     }
 
@@ -1308,13 +1303,16 @@ fn ready(report: &OwnedFd) -> std::io::Result<Option<Report>> {
 }
 
 /// A launched sandbox: the outer process and the supervisor's ends of the pipes.
+///
+/// Fields drop in order: the lifeline first, so that the outer process is already ending
+/// everything when it is reaped.
 struct Launched {
-    outer: Outer,
+    lifeline: Option<OwnedFd>,
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
     report: OwnedFd,
-    lifeline: Option<OwnedFd>,
+    outer: Outer,
 }
 
 /// The outer process; reaped when dropped (on a blocking thread, after killing it if it is
@@ -1338,18 +1336,45 @@ impl Outer {
     }
 }
 
+impl Outer {
+    /// Reaps the outer process once its lifeline is closed (see [`reap_bounded`]).
+    fn reap_bounded(&mut self) {
+        if !self.reaped {
+            self.reaped = true;
+            reap_bounded(self.pid);
+        }
+    }
+}
+
+/// Reaps an outer process whose lifeline is closed: it then kills init, reaps it and exits
+/// (killing it instead would orphan init, whose zombie nobody might reap). Killed after two
+/// seconds if it has not gone by then.
+fn reap_bounded(pid: libc::pid_t) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
 impl Drop for Outer {
     fn drop(&mut self) {
         if !self.reaped {
+            self.reaped = true;
             let pid = self.pid;
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            let reap = move || {
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => drop(handle.spawn_blocking(reap)),
-                Err(_) => reap(),
-            }
+            // Only a pid in the closure: dropped unrun, it cannot come back here.
+            detached(move || reap_bounded(pid));
         }
     }
 }
@@ -1453,6 +1478,8 @@ fn handshake(
 
 /// What supervision gathered.
 struct Supervised {
+    /// The outer process, not reaped yet (see [`teardown`]).
+    outer: Option<Outer>,
     report: Option<Report>,
     stdout: Bytes,
     stdout_truncated: bool,
@@ -1511,10 +1538,8 @@ async fn supervise(
         }
     };
     let wall = started.elapsed();
-    // Reap the outer process: the pipes closed, so it is exiting (once init has gone).
-    let mut outer = outer;
-    tokio::task::spawn_blocking(move || outer.reap_now()).await.map_err(|e| Error::internal("reaping failed", e))?;
     Ok(Supervised {
+        outer: Some(outer),
         report,
         stdout: out,
         stdout_truncated: out_truncated,
@@ -1556,16 +1581,46 @@ async fn read_capped(
 }
 
 /// Reads the report pipe to its end; the first failure wins, else the end of the command.
+/// Reads the report pipe up to the first failure or the end of the command (each is final),
+/// or to its end: records are written whole, one `write` each.
 async fn read_reports(mut pipe: tokio::net::unix::pipe::Receiver) -> Option<Report> {
-    let mut all = Vec::new();
-    let _ = pipe.read_to_end(&mut all).await;
-    let reports: Vec<Report> =
-        all.chunks_exact(REPORT_LEN).filter_map(|c| Report::decode(c.try_into().expect("exact chunks"))).collect();
-    reports
-        .iter()
-        .find(|r| matches!(r, Report::Failed { .. }))
-        .or_else(|| reports.iter().find(|r| matches!(r, Report::Ended { .. })))
-        .copied()
+    let mut record = [0u8; REPORT_LEN];
+    while pipe.read_exact(&mut record).await.is_ok() {
+        if let Some(report @ (Report::Failed { .. } | Report::Ended { .. })) = Report::decode(&record) {
+            return Some(report);
+        }
+    }
+    None
+}
+
+/// Ends what is left of a run: the lifeline is closed, so the outer process kills init (and
+/// with it every process of the sandbox; the command has ended and its output is read), reaps
+/// it and exits; this reaps the outer process and only then releases `rest` (the cgroup, the
+/// scratch folder, the uid), so that no uid is handed to another run while a process of this
+/// one may live. Off the run's path, unless `wait`: a caller that reads the workspace next must
+/// find no process of the run still writing it.
+async fn teardown<T: Send + 'static>(outer: Option<Outer>, rest: T, wait: bool) {
+    let work = move || {
+        if let Some(mut outer) = outer {
+            outer.reap_bounded();
+        }
+        drop(rest);
+    };
+    if wait {
+        // Dropped unrun (the runtime shutting down), the Outer reaps itself on a thread.
+        let _ = tokio::task::spawn_blocking(work).await;
+    } else {
+        detached(work);
+    }
+}
+
+/// Runs `work` on a thread of its own: not on the runtime's blocking pool, which drops what
+/// it is handed once the runtime shuts down, when a reap must still happen. (Should no thread
+/// be available, `work` is dropped: an `Outer` in it then tries once more with its pid alone.)
+fn detached(work: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name("cloudx-reaper".into()).spawn(work) {
+        tracing::warn!(error = %e, "cannot start a thread to end a sandbox");
+    }
 }
 
 /// Turns what was gathered into an outcome, or a set-up failure into an error.
