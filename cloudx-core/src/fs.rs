@@ -64,8 +64,105 @@ pub(crate) fn random_secret() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Removes `root` and everything under it, without following a symlink and without recursion:
+/// one directory descriptor at a time (going back up through `..`), so that a tree a sandboxed
+/// run made thousands of levels deep costs neither the stack nor thousands of descriptors.
+/// What is gone already is not an error.
+pub(crate) fn remove_tree(root: &Path) -> std::io::Result<()> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::{AtFlags, OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    use std::os::fd::OwnedFd;
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut fd: OwnedFd = match open(root, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::Error::ENOENT) => return Ok(()),
+        // A file or a symlink: removed as such.
+        Err(nix::Error::ENOTDIR | nix::Error::ELOOP) => return std::fs::remove_file(root),
+        Err(e) => return Err(e.into()),
+    };
+    // The names of the folders entered below `root`, to remove each from its parent.
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    loop {
+        // Every entry but folders goes now; the first folder is entered.
+        let mut enter = None;
+        {
+            let mut listing = Dir::from_fd(fd.try_clone()?)?;
+            for entry in listing.iter() {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name == c"." || name == c".." {
+                    continue;
+                }
+                let is_dir = match entry.file_type() {
+                    Some(kind) => kind == Type::Directory,
+                    None => nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR),
+                };
+                if is_dir {
+                    enter = Some(name.to_owned());
+                    break;
+                }
+                match unlinkat(&fd, name, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::Error::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        match enter {
+            Some(name) => {
+                fd = openat(&fd, name.as_c_str(), dir_flags, Mode::empty())?;
+                names.push(name);
+            }
+            None => {
+                let Some(name) = names.pop() else { break };
+                let parent = openat(&fd, c"..", dir_flags, Mode::empty())?;
+                fd = parent;
+                match unlinkat(&fd, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(nix::Error::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    drop(fd);
+    match std::fs::remove_dir(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn remove_tree_takes_deep_and_wide_trees_and_follows_no_symlink() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "keep").unwrap();
+        let root = base.path().join("t");
+        // Deeper than PATH_MAX allows a path to be (5,000 levels of `d/`).
+        let mut dir = std::fs::File::open(base.path()).unwrap();
+        let mut names = vec!["t".to_string()];
+        names.extend((0..5_000).map(|_| "d".to_string()));
+        for name in &names {
+            nix::sys::stat::mkdirat(&dir, name.as_str(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+            let fd =
+                nix::fcntl::openat(&dir, name.as_str(), nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
+                    .unwrap();
+            dir = std::fs::File::from(fd);
+        }
+        for i in 0..300 {
+            std::fs::write(root.join(format!("f{i}")), "x").unwrap();
+        }
+        std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        super::remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert_eq!(std::fs::read_to_string(outside.path().join("keep")).unwrap(), "keep");
+        super::remove_tree(&root).unwrap();
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

@@ -1181,7 +1181,7 @@ async fn a_cancelled_run_leaves_no_process_behind() {
     let sb = sandbox();
     let run = sb.exec(sh(&format!("{word}; echo never")));
     assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err());
-    // Dropping the run killed the outer process; init dies with it, and the command with init.
+    // Dropping the run closed the lifeline: the outer process killed init, and the command with it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while leftovers(&word).is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1207,6 +1207,7 @@ async fn workspaces_and_binds_may_not_overlap_the_scratch_folder() {
 #[tokio::test]
 async fn a_given_folder_stays_its_owners() {
     use std::os::unix::fs::MetadataExt as _;
+    let _shared = GATE.read().await;
     let sb = sandbox();
     let root = nix::unistd::geteuid().is_root();
     // The test user's folder; as root, another user's folder too (the sandbox runs as a uid of

@@ -176,15 +176,27 @@ async fn workspaces_check_out_and_commit_back(postgres: bool, backend: Backend) 
     std::os::unix::fs::symlink(outside.path().join("secret"), ws.path().join("link")).unwrap();
     std::os::unix::fs::symlink(outside.path(), ws.path().join("dirlink")).unwrap();
     nix::unistd::mkfifo(&ws.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Deeper than a project path may be: not entered.
+    let mut deep = ws.path().join("deep");
+    for _ in 0..600 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f"), "x").unwrap();
+    // A viewer cannot commit, a stranger does not see the project.
     let viewer_err = s.commit_workspace(&bob, &client(), p, ws.path(), &checkout, None).await.unwrap_err();
     assert_eq!(viewer_err.kind(), ErrorKind::NotFound);
+    s.set_member(&alice, &client(), p, "bob@example.com", ProjectRole::Viewer).await.unwrap();
+    let viewer_err = s.commit_workspace(&bob, &client(), p, ws.path(), &checkout, None).await.unwrap_err();
+    assert_eq!(viewer_err.kind(), ErrorKind::PermissionDenied);
 
     // The project moved on since the checkout (later.txt is untouched here: no conflict).
     let done = s.commit_workspace(&alice, &client(), p, ws.path(), &checkout, Some("a run")).await.unwrap();
     let version = done.version.expect("a new version");
     assert_eq!(done.written, vec!["out/deep/result.txt".to_owned(), "src/change.py".to_owned()]);
     assert_eq!(done.deleted, vec!["src/gone.txt".to_owned()]);
-    assert_eq!(done.skipped.len(), 3, "{:?}", done.skipped);
+    assert_eq!(done.skipped.len(), 4, "{:?}", done.skipped);
+    assert!(done.skipped.iter().any(|s| s.starts_with("deep/d/") && s.contains("too deep")), "{:?}", done.skipped);
     assert!(done.skipped.iter().any(|s| s.starts_with("link: a symlink")), "{:?}", done.skipped);
     assert!(done.skipped.iter().any(|s| s.starts_with("dirlink: a symlink")), "{:?}", done.skipped);
     assert!(done.skipped.iter().any(|s| s.starts_with("fifo: a named pipe")), "{:?}", done.skipped);

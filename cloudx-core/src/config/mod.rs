@@ -599,7 +599,7 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     if config.data_dir.as_os_str().is_empty() {
         problems.push(value_problem("data_dir", &"", "must name a folder, such as ./cloudx-data".into()));
     }
-    validate_sandbox(&config.sandbox, problems);
+    validate_sandbox(config, problems);
     if let Some(url) = &config.database.url
         && let Err(why) = DatabaseTarget::parse(url.expose())
     {
@@ -737,9 +737,10 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     }
 }
 
-/// The settings the `prod` profile refuses, with the reason and the fix.
-/// The sandbox's defaults must lie within its ceilings, and bindable folders be absolute.
-fn validate_sandbox(s: &SandboxConfig, problems: &mut Vec<ConfigProblem>) {
+/// The sandbox's defaults must lie within its ceilings, and bindable folders be absolute and
+/// apart from the data folder and the scratch folder (a project could bind them otherwise).
+fn validate_sandbox(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
+    let s = &config.sandbox;
     let mut within = |key: &str, value: String, max_key: &str, ok: bool, max: String| {
         if !ok {
             problems.push(ConfigProblem::new(
@@ -781,16 +782,30 @@ fn validate_sandbox(s: &SandboxConfig, problems: &mut Vec<ConfigProblem>) {
         s.tmpfs_size <= s.max_tmpfs_size,
         s.max_tmpfs_size.to_string(),
     );
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let data = absolute(&config.data_dir);
+    let scratch = absolute(&s.scratch_dir.clone().unwrap_or_else(crate::sandbox::default_scratch_dir));
     for dir in &s.bindable {
         if !dir.is_absolute() || dir == std::path::Path::new("/") {
             problems.push(ConfigProblem::new(
                 "sandbox.bindable",
                 format!("`{}`: must be an absolute folder other than /", dir.display()),
             ));
+            continue;
+        }
+        let dir = absolute(dir);
+        for (what, other) in [("the data folder (data_dir)", &data), ("the sandbox's scratch folder", &scratch)] {
+            if dir.starts_with(other) || other.starts_with(&dir) {
+                problems.push(ConfigProblem::new(
+                    "sandbox.bindable",
+                    format!("`{}` overlaps {what} {}: projects could read it", dir.display(), other.display()),
+                ));
+            }
         }
     }
 }
 
+/// The settings the `prod` profile refuses, with the reason and the fix.
 fn validate_prod(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
     if config.auth.jwt_secret.is_none() && config.auth.jwt_algorithm == JwtAlgorithm::Hs256 {
         problems.push(ConfigProblem::new(

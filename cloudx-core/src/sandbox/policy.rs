@@ -124,9 +124,21 @@ impl SandboxPolicy {
     /// `sandbox.bindable` (after resolving symlinks) at an absolute target that is not one of
     /// the sandbox's own mounts.
     ///
+    /// `protected` are folders no bind may overlap (the data folder, the scratch folder).
+    ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) naming the first problem.
-    pub fn check(&self, config: &SandboxConfig) -> Result<()> {
+    pub fn check(&self, config: &SandboxConfig, protected: &[PathBuf]) -> Result<()> {
+        self.resolved_binds(config, protected).map(drop)
+    }
+
+    /// The policy's binds with their sources resolved (symlinks followed, once, here): what a
+    /// run mounts, so that a symlink swapped after the check changes nothing. Checks the whole
+    /// policy first, as [`check`](Self::check) says.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn resolved_binds(&self, config: &SandboxConfig, protected: &[PathBuf]) -> Result<Vec<Bind>> {
         for row in rows(&self.limits, config) {
             if let Some(value) = row.policy {
                 if value == 0 {
@@ -151,10 +163,7 @@ impl SandboxPolicy {
         if self.binds.len() > 32 {
             return Err(Error::invalid("binds: at most 32"));
         }
-        for bind in &self.binds {
-            check_bind(bind, &config.bindable)?;
-        }
-        Ok(())
+        self.binds.iter().map(|bind| check_bind(bind, &config.bindable, protected)).collect()
     }
 
     /// The limits of a run that asks for `requested`: what it names must lie within the
@@ -199,7 +208,27 @@ impl SandboxPolicy {
     }
 }
 
-fn check_bind(bind: &Bind, bindable: &[PathBuf]) -> Result<()> {
+/// `path` with `.` and `..` resolved by their names alone (no file system access).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Checks a bind and returns it with its source resolved.
+fn check_bind(bind: &Bind, bindable: &[PathBuf], protected: &[PathBuf]) -> Result<Bind> {
     let source = &bind.source;
     if !source.is_absolute() {
         return Err(Error::invalid(format!("binds: the source {} must be an absolute path", source.display())));
@@ -217,11 +246,10 @@ fn check_bind(bind: &Bind, bindable: &[PathBuf]) -> Result<()> {
     {
         return Err(Error::invalid(format!("binds: {} is one of the sandbox's own mounts", target.display())));
     }
-    let real = std::fs::canonicalize(source)
-        .map_err(|e| Error::invalid(format!("binds: the source {} cannot be used: {e}", source.display())))?;
-    let allowed = bindable.iter().filter_map(|dir| std::fs::canonicalize(dir).ok()).any(|dir| real.starts_with(dir));
-    if !allowed {
-        return Err(Error::invalid(format!(
+    // One answer for a path outside the bindable folders, whether or not it exists: the file
+    // system is only looked at inside them, so a policy cannot probe the host.
+    let outside = || {
+        Error::invalid(format!(
             "binds: {} is not inside a folder the instance lets projects bind (sandbox.bindable: {})",
             source.display(),
             if bindable.is_empty() {
@@ -229,9 +257,25 @@ fn check_bind(bind: &Bind, bindable: &[PathBuf]) -> Result<()> {
             } else {
                 bindable.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
             }
+        ))
+    };
+    if !bindable.iter().any(|dir| lexical(source).starts_with(lexical(dir))) {
+        return Err(outside());
+    }
+    let real = std::fs::canonicalize(source)
+        .map_err(|e| Error::invalid(format!("binds: the source {} cannot be used: {e}", source.display())))?;
+    if !bindable.iter().filter_map(|dir| std::fs::canonicalize(dir).ok()).any(|dir| real.starts_with(dir)) {
+        return Err(outside());
+    }
+    let protected_hit =
+        protected.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| lexical(p))).any(|p| overlaps(&real, &p));
+    if protected_hit {
+        return Err(Error::invalid(format!(
+            "binds: {} overlaps the instance's data folder or the sandbox's scratch folder",
+            source.display()
         )));
     }
-    Ok(())
+    Ok(Bind { source: real, target: Some(target.to_path_buf()) })
 }
 
 #[cfg(test)]
@@ -247,15 +291,15 @@ mod tests {
         let c = config(&[]);
         let mut p = SandboxPolicy::default();
         p.limits.memory = Some(c.max_memory.as_u64() + 1);
-        let err = p.check(&c).unwrap_err();
+        let err = p.check(&c, &[]).unwrap_err();
         assert!(err.message().contains("limits.memory") && err.message().contains("sandbox.max_memory"), "{err}");
         p.limits.memory = Some(0);
-        assert!(p.check(&c).unwrap_err().message().contains("above zero"));
+        assert!(p.check(&c, &[]).unwrap_err().message().contains("above zero"));
         p.limits.memory = Some(c.max_memory.as_u64());
         p.limits.wall_time = Some(Duration::from_secs(16 * 60));
-        assert!(p.check(&c).unwrap_err().message().contains("sandbox.max_wall_time"));
+        assert!(p.check(&c, &[]).unwrap_err().message().contains("sandbox.max_wall_time"));
         p.limits.wall_time = Some(Duration::from_secs(60 * 15));
-        p.check(&c).unwrap();
+        p.check(&c, &[]).unwrap();
     }
 
     #[test]
@@ -265,24 +309,61 @@ mod tests {
         std::fs::create_dir(allowed.path().join("rust")).unwrap();
         let mut c = config(&[allowed.path()]);
         let mut p = SandboxPolicy { network: Network::Loopback, ..SandboxPolicy::default() };
-        p.check(&c).unwrap();
+        p.check(&c, &[]).unwrap();
         c.allow_loopback = false;
-        assert!(p.check(&c).unwrap_err().message().contains("sandbox.allow_loopback"));
+        assert!(p.check(&c, &[]).unwrap_err().message().contains("sandbox.allow_loopback"));
         p.network = Network::None;
         p.binds = vec![Bind { source: allowed.path().join("rust"), target: Some("/opt/rust".into()) }];
-        p.check(&c).unwrap();
+        p.check(&c, &[]).unwrap();
         // Outside the bindable folders, also through a symlink or `..`.
         for source in [elsewhere.path().to_path_buf(), allowed.path().join("rust/../.."), PathBuf::from("/etc")] {
             p.binds = vec![Bind { source: source.clone(), target: Some("/opt/x".into()) }];
-            let err = p.check(&c).unwrap_err();
+            let err = p.check(&c, &[]).unwrap_err();
             assert!(err.message().contains("sandbox.bindable"), "{}: {err}", source.display());
         }
         std::os::unix::fs::symlink(elsewhere.path(), allowed.path().join("link")).unwrap();
         p.binds = vec![Bind { source: allowed.path().join("link"), target: Some("/opt/x".into()) }];
-        assert!(p.check(&c).unwrap_err().message().contains("sandbox.bindable"));
+        assert!(p.check(&c, &[]).unwrap_err().message().contains("sandbox.bindable"));
         for target in ["/", "/proc/sys", "/workspace/x", "relative", "/opt/../etc"] {
             p.binds = vec![Bind { source: allowed.path().join("rust"), target: Some(target.into()) }];
-            assert!(p.check(&c).is_err(), "{target}");
+            assert!(p.check(&c, &[]).is_err(), "{target}");
+        }
+    }
+
+    #[test]
+    fn binds_resolve_symlinks_and_keep_off_the_instances_folders() {
+        let allowed = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(allowed.path().join("rust/1.2")).unwrap();
+        std::fs::create_dir_all(allowed.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("1.2", allowed.path().join("rust/current")).unwrap();
+        let c = config(&[allowed.path()]);
+        let p = SandboxPolicy {
+            binds: vec![Bind { source: allowed.path().join("rust/current"), target: Some("/opt/rust".into()) }],
+            ..SandboxPolicy::default()
+        };
+        let resolved = p.resolved_binds(&c, &[]).unwrap();
+        let real = std::fs::canonicalize(allowed.path().join("rust/1.2")).unwrap();
+        assert_eq!(resolved, vec![Bind { source: real, target: Some("/opt/rust".into()) }]);
+        // The data folder inside a bindable folder, or holding it: refused.
+        let protected = [allowed.path().join("data")];
+        let p = SandboxPolicy {
+            binds: vec![Bind { source: allowed.path().join("data"), target: Some("/opt/d".into()) }],
+            ..SandboxPolicy::default()
+        };
+        assert!(p.check(&c, &protected).unwrap_err().message().contains("data folder"));
+        let p = SandboxPolicy {
+            binds: vec![Bind { source: allowed.path().to_path_buf(), target: Some("/opt/d".into()) }],
+            ..SandboxPolicy::default()
+        };
+        assert!(p.check(&c, &protected).unwrap_err().message().contains("data folder"));
+        // Outside, existing or not: one answer.
+        for source in ["/etc/passwd", "/no/such/path"] {
+            let p = SandboxPolicy {
+                binds: vec![Bind { source: source.into(), target: Some("/opt/x".into()) }],
+                ..SandboxPolicy::default()
+            };
+            let err = p.check(&c, &protected).unwrap_err();
+            assert!(err.message().contains("is not inside a folder"), "{source}: {err}");
         }
     }
 

@@ -66,7 +66,7 @@ impl Drop for Workspace {
     fn drop(&mut self) {
         let dir = std::mem::take(&mut self.0);
         let remove = move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = crate::fs::remove_tree(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run's workspace");
             }
         };
@@ -92,7 +92,10 @@ impl Cloudx {
             ));
         }
         self.sandbox_cell()
-            .get_or_init(|| Sandbox::new(SandboxSettings::from_config(config)).map_err(|e| e.message().to_owned()))
+            .get_or_init(|| {
+                sweep_workspaces(&self.config().data_dir.join("workspaces"));
+                Sandbox::new(SandboxSettings::from_config(config)).map_err(|e| e.message().to_owned())
+            })
             .as_ref()
             .map_err(|message| Error::new(ErrorKind::Unavailable, message.clone()))
     }
@@ -119,7 +122,9 @@ impl Cloudx {
         project: Uuid,
         policy: SandboxPolicy,
     ) -> Result<SandboxPolicy> {
-        policy.check(&self.config().sandbox)?;
+        // Who may set it is checked first: a stranger learns nothing from the policy's checks.
+        self.storage().authorize(actor, project, &[ProjectAction::Manage]).await?;
+        policy.check(&self.config().sandbox, &self.protected_folders())?;
         let json = (policy != SandboxPolicy::default())
             .then(|| serde_json::to_string(&policy))
             .transpose()
@@ -130,9 +135,10 @@ impl Cloudx {
 
     /// Runs a command on the project's files (the latest version, or `request.version`) in
     /// the sandbox, under the project's policy; commits the changed files as a new version
-    /// authored by `actor` when `request.commit`. `max_wall_time` caps the run's deadline (a
-    /// front end's own timeout); `chunks` receives the output as it comes. Every run is
-    /// audited (`sandbox_exec`, with the command and how it ended).
+    /// authored by `actor` when `request.commit`. `deadline` is when the whole call must be
+    /// done (a front end's own timeout): the run's wall-clock limit is cut to what is left of
+    /// it after the checkout, less a margin for the commit. `chunks` receives the output as it
+    /// comes. Every run is audited (`sandbox_exec`, with the command and how it ended).
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] / [`ErrorKind::PermissionDenied`] when `actor` may not run code
@@ -145,30 +151,49 @@ impl Cloudx {
         client: &Client,
         project: Uuid,
         request: ProjectExec,
-        max_wall_time: Option<Duration>,
+        deadline: Option<std::time::Instant>,
         chunks: Option<mpsc::Sender<OutputChunk>>,
     ) -> Result<ProjectRun> {
         if request.argv.first().is_none_or(String::is_empty) {
             return Err(Error::invalid("argv: give a program and its arguments"));
         }
+        // Every right the call needs, before anything runs: reading the files, running code,
+        // and writing when the changes are to be committed.
+        let mut needed = vec![ProjectAction::Read, ProjectAction::Exec];
+        if request.commit {
+            needed.push(ProjectAction::Write);
+        }
+        self.storage().authorize(actor, project, &needed).await?;
         let policy_json = self.storage().sandbox_policy_json(actor, project, ProjectAction::Exec).await?;
         let policy = parse_policy(policy_json.as_deref())?;
         let config = &self.config().sandbox;
-        // The configuration may have changed since the policy was written.
-        policy.check(config).map_err(|e| {
+        // The configuration may have changed since the policy was written; the binds are
+        // resolved here, once.
+        let binds = policy.resolved_binds(config, &self.protected_folders()).map_err(|e| {
             Error::invalid(format!("the project's sandbox policy is no longer allowed here: {}", e.message()))
         })?;
         let mut limits = policy.limits_for(&request.limits, config)?;
-        if let (Some(cap), Some(wall)) = (max_wall_time, limits.wall_time) {
-            limits.wall_time = Some(wall.min(cap));
-        }
         let sandbox = self.sandbox()?;
         let base = self.config().data_dir.join("workspaces");
         crate::fs::create_private_dir(&base)?;
-        let dir = base.join(Uuid::now_v7().simple().to_string());
+        let dir = base.join(format!("run-{}-{}", std::process::id(), Uuid::now_v7().simple()));
         std::fs::create_dir(&dir).map_err(|e| Error::internal("cannot create the run's workspace", e))?;
         let workspace = Workspace(dir);
         let checkout = self.storage().checkout(actor, project, request.version, &workspace.0).await?;
+        if let (Some(deadline), Some(wall)) = (deadline, limits.wall_time) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // The commit's share: a tenth of what is left, at least a second.
+            let margin = if request.commit { (left / 10).max(Duration::from_secs(1)) } else { Duration::ZERO };
+            let run_for = left.saturating_sub(margin);
+            if run_for < Duration::from_millis(100) {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "no time is left for the run within this request (checking the project out took it); \
+                     submit a sandbox_exec job instead",
+                ));
+            }
+            limits.wall_time = Some(wall.min(run_for));
+        }
         let spec = ExecSpec {
             argv: request.argv.clone(),
             env: request.env.into_iter().collect(),
@@ -177,7 +202,7 @@ impl Cloudx {
             workspace: Some(workspace.0.clone()),
             limits,
             network: policy.network,
-            binds: policy.binds.clone(),
+            binds,
         };
         let ran = match chunks {
             Some(tx) => sandbox.exec_streaming(spec, tx).await,
@@ -223,6 +248,31 @@ impl Cloudx {
             None
         };
         Ok(ProjectRun { version: checkout.version, outcome, commit })
+    }
+}
+
+impl Cloudx {
+    /// Folders no bind of a policy may overlap: the data folder and the sandbox's scratch.
+    fn protected_folders(&self) -> Vec<PathBuf> {
+        let config = self.config();
+        let data = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+        let scratch = config.sandbox.scratch_dir.clone().unwrap_or_else(super::default_scratch_dir);
+        vec![data, scratch]
+    }
+}
+
+/// Removes the workspaces of runs whose process is gone (`run-<pid>-<id>`: a crash, a kill).
+fn sweep_workspaces(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let dead = pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if dead && let Err(e) = crate::fs::remove_tree(&entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a dead run's workspace");
+        }
     }
 }
 

@@ -437,6 +437,17 @@ impl Storage {
         self.project(actor, id).await
     }
 
+    /// Checks, before anything is done, that `actor` may do every one of `actions` to the
+    /// project (each missing role or API-key scope is named by the first refusal).
+    pub(crate) async fn authorize(&self, actor: &Principal, id: Uuid, actions: &[ProjectAction]) -> Result<()> {
+        let Some((&first, rest)) = actions.split_first() else { return Ok(()) };
+        let access = self.access(actor, id, first, false).await?;
+        for &action in rest {
+            check_project(actor, access.role, action)?;
+        }
+        Ok(())
+    }
+
     /// The project's sandbox policy as stored (JSON; `None` when it has none), checking that
     /// `actor` may `action` the project.
     pub(crate) async fn sandbox_policy_json(

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::rc::Rc;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use nix::fcntl::{AtFlags, OFlag};
@@ -97,11 +98,10 @@ impl Storage {
         let mut checkout = Checkout { version: version.unwrap_or(head), files: BTreeMap::new() };
         let mut writes = Vec::with_capacity(files.len());
         for file in files {
-            let blob = file
-                .sha256
-                .as_deref()
-                .and_then(BlobId::parse)
-                .ok_or_else(|| Error::new(ErrorKind::Internal, "a file names no blob"))?;
+            let blob =
+                file.sha256.as_deref().and_then(BlobId::parse).ok_or_else(|| {
+                    Error::new(ErrorKind::Internal, format!("the file `{}` names no blob", file.path))
+                })?;
             if let Some(parent) = Path::new(&file.path).parent() {
                 std::fs::create_dir_all(dir.join(parent))
                     .map_err(|e| Error::internal(format!("cannot create the folder of `{}`", file.path), e))?;
@@ -153,11 +153,23 @@ impl Storage {
         let limits = SizeLimits { file: self.config.max_file_size.as_u64(), quota: access.project.quota_bytes };
         let blobs = self.blobs.clone();
         let (root, known) = (dir.to_path_buf(), checkout.files.clone());
+        let max_files = usize::try_from(access.project.quota_files).unwrap_or(usize::MAX);
         let scanned = tokio::task::spawn_blocking(move || {
-            let mut scan = Scan { blobs: &blobs, limits, known: &known, found: Vec::new(), skipped: Vec::new() };
+            let mut scan = Scan {
+                blobs: &blobs,
+                limits,
+                known: &known,
+                found: Vec::new(),
+                skipped: Vec::new(),
+                skipped_more: 0,
+                max_files,
+            };
             let fd = nix::fcntl::open(&root, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
                 .map_err(|e| Error::invalid(format!("the workspace {} cannot be read: {e}", root.display())))?;
-            scan.folder(fd, "")?;
+            scan.walk(fd)?;
+            if scan.skipped_more > 0 {
+                scan.skipped.push(format!("… and {} more", scan.skipped_more));
+            }
             Ok::<_, Error>((scan.found, scan.skipped))
         })
         .await
@@ -231,56 +243,124 @@ struct Found {
     content: Option<Spooled>,
 }
 
+/// A folder the walk has yet to read.
+struct Pending {
+    parent: Rc<OwnedFd>,
+    name: Option<String>,
+    prefix: String,
+}
+
 struct Scan<'a> {
     blobs: &'a super::blobs::Blobs,
     limits: SizeLimits,
     known: &'a BTreeMap<String, Entry>,
     found: Vec<Found>,
     skipped: Vec<String>,
+    /// Skipped entries past the first [`SKIPPED_SHOWN`], counted only.
+    skipped_more: usize,
+    /// The project's file quota: a workspace holding more cannot be committed.
+    max_files: usize,
 }
 
+/// How many skipped entries a commit names.
+const SKIPPED_SHOWN: usize = 100;
+
 impl Scan<'_> {
-    /// Walks the folder open as `dir` (`prefix` is its path in the project), never following
-    /// a symlink.
-    fn folder(&mut self, dir: OwnedFd, prefix: &str) -> Result<()> {
-        let read = |e: nix::Error| Error::invalid(format!("the workspace's folder `{prefix}` cannot be read: {e}"));
+    fn skip(&mut self, why: String) {
+        if self.skipped.len() < SKIPPED_SHOWN {
+            self.skipped.push(why);
+        } else {
+            self.skipped_more += 1;
+        }
+    }
+
+    /// Walks the folder open as `root`, never following a symlink, without recursion (one
+    /// folder at a time from a list of those still to read). Folders deeper than the longest
+    /// path a project holds (1024 bytes) are skipped, not entered.
+    fn walk(&mut self, root: OwnedFd) -> Result<()> {
+        // A folder still to read: its parent's descriptor (shared by its siblings, so that a
+        // wide tree holds one descriptor per level, not one per folder) and its name.
+        let mut pending: Vec<Pending> = vec![Pending { parent: Rc::new(root), name: None, prefix: String::new() }];
+        while let Some(Pending { parent, name, prefix }) = pending.pop() {
+            let dir = match name {
+                None => parent,
+                Some(name) => {
+                    let fd = nix::fcntl::openat(
+                        &*parent,
+                        name.as_str(),
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| {
+                        Error::invalid(format!(
+                            "the workspace's folder `{}` cannot be read: {e}",
+                            prefix.trim_end_matches('/')
+                        ))
+                    })?;
+                    Rc::new(fd)
+                }
+            };
+            self.folder(&dir, &prefix, &mut pending)?;
+        }
+        self.found.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+        self.skipped.sort();
+        Ok(())
+    }
+
+    /// Reads one folder (`prefix` is its path in the project): its files are taken, its
+    /// sub-folders opened and added to `pending`.
+    fn folder(&mut self, dir: &Rc<OwnedFd>, prefix: &str, pending: &mut Vec<Pending>) -> Result<()> {
+        let shown = if prefix.is_empty() {
+            "the workspace's root folder".to_owned()
+        } else {
+            format!("the workspace's folder `{}`", prefix.trim_end_matches('/'))
+        };
+        let read = |e: nix::Error| Error::invalid(format!("{shown} cannot be read: {e}"));
         let mut names = Vec::new();
-        let copy = dir.try_clone().map_err(|e| read(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
-        let mut listing = nix::dir::Dir::from_fd(copy).map_err(read)?;
-        for entry in listing.iter() {
-            let entry = entry.map_err(read)?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(name.to_vec());
+        {
+            let copy =
+                dir.try_clone().map_err(|e| read(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+            let mut listing = nix::dir::Dir::from_fd(copy).map_err(read)?;
+            for entry in listing.iter() {
+                let entry = entry.map_err(read)?;
+                let name = entry.file_name().to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(name.to_vec());
+                }
             }
         }
-        names.sort();
         for name in names {
             let Ok(name) = String::from_utf8(name.clone()) else {
-                self.skipped.push(format!("{prefix}{}: the name is not UTF-8", String::from_utf8_lossy(&name)));
+                self.skip(format!("{prefix}{}: the name is not UTF-8", String::from_utf8_lossy(&name)));
                 continue;
             };
             let rel = format!("{prefix}{name}");
-            let stat = nix::sys::stat::fstatat(&dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(read)?;
+            let stat = nix::sys::stat::fstatat(&**dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(read)?;
             let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
             if kind == SFlag::S_IFDIR {
-                let sub = nix::fcntl::openat(
-                    &dir,
-                    name.as_str(),
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(read)?;
-                self.folder(sub, &format!("{rel}/"))?;
+                if rel.len() >= super::path::MAX_PATH_BYTES {
+                    self.skip(format!("{rel}/: too deep (a path holds at most {} bytes)", super::path::MAX_PATH_BYTES));
+                    continue;
+                }
+                pending.push(Pending { parent: Rc::clone(dir), name: Some(name), prefix: format!("{rel}/") });
             } else if kind == SFlag::S_IFREG {
                 let path = match ProjectPath::parse(&rel) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.skipped.push(format!("{rel}: {}", e.message()));
+                        self.skip(format!("{rel}: {}", e.message()));
                         continue;
                     }
                 };
-                self.file(&dir, &name, path)?;
+                if self.found.len() >= self.max_files {
+                    return Err(Error::new(
+                        ErrorKind::QuotaExceeded,
+                        format!(
+                            "the workspace holds more files than the project may ({}: its file quota)",
+                            self.max_files
+                        ),
+                    ));
+                }
+                self.file(dir, &name, path)?;
             } else {
                 let what = match kind {
                     SFlag::S_IFLNK => "a symlink",
@@ -288,7 +368,7 @@ impl Scan<'_> {
                     SFlag::S_IFSOCK => "a socket",
                     _ => "a device",
                 };
-                self.skipped.push(format!("{rel}: {what}, not a file"));
+                self.skip(format!("{rel}: {what}, not a file"));
             }
         }
         Ok(())
@@ -299,16 +379,23 @@ impl Scan<'_> {
         let unreadable =
             |e: std::io::Error| Error::invalid(format!("the workspace's file `{path}` cannot be read: {e}"));
         // O_NONBLOCK: a file swapped for a pipe meanwhile must not block the open.
-        let fd = nix::fcntl::openat(
+        let fd = match nix::fcntl::openat(
             dir,
             name,
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| unreadable(e.into()))?;
+        ) {
+            Ok(fd) => fd,
+            // A file the run made unreadable (mode 000) is left out, not the whole commit.
+            Err(e @ nix::Error::EACCES) => {
+                self.skip(format!("{path}: cannot be read ({e})"));
+                return Ok(());
+            }
+            Err(e) => return Err(unreadable(e.into())),
+        };
         let mut file = std::fs::File::from(fd);
         if !file.metadata().map_err(unreadable)?.is_file() {
-            self.skipped.push(format!("{path}: not a file"));
+            self.skip(format!("{path}: not a file"));
             return Ok(());
         }
         let unchanged = match self.known.get(path.as_str()) {

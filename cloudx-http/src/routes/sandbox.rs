@@ -1,7 +1,7 @@
 //! `/api/v1/projects/{project}/policy` and `/api/v1/projects/{project}/exec`: a project's
 //! sandbox policy, and short sandboxed runs on its files.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -64,8 +64,9 @@ async fn put_policy(
 /// Runs a short command in the sandbox on the project's files (the latest version, or
 /// `version`) under the project's policy, and answers with how it ended; with `commit`, the
 /// files it changed become a new version authored by the caller. Editors and owners; an API
-/// key needs the `exec` scope. The run's deadline is at most `http.request_timeout` less a
-/// second: longer runs are `sandbox_exec` jobs. Audited.
+/// key needs the `read` and `exec` scopes (and `write` to commit). The run's deadline is what
+/// is left of `http.request_timeout` after the checkout (less a margin for the commit): longer
+/// runs are `sandbox_exec` jobs. Audited, even when the client goes away.
 #[utoipa::path(
     post, path = "/api/v1/projects/{project}/exec", tag = "sandbox",
     security(("bearer" = [])),
@@ -86,7 +87,17 @@ async fn exec(
     Path(project): Path<Uuid>,
     Json(request): Json<ProjectExec>,
 ) -> Result<Json<ProjectRun>, ApiError> {
-    let cap = state.cx.config().http.request_timeout.saturating_sub(Duration::from_secs(1)).max(Duration::from_secs(1));
-    let run = state.cx.exec_in_project(caller.principal(), &caller.client(), project, request, Some(cap), None).await?;
+    // Done (answer written) a second before the request's own timeout.
+    let timeout = state.cx.config().http.request_timeout;
+    let deadline = Instant::now() + timeout.saturating_sub(Duration::from_secs(1)).max(Duration::from_secs(1));
+    // A task of its own: a client that goes away does not stop the run half-way, nor its
+    // commit or its audit record.
+    let (cx, principal, client) = (state.cx.clone(), caller.principal().clone(), caller.client());
+    let run =
+        tokio::spawn(
+            async move { cx.exec_in_project(&principal, &client, project, request, Some(deadline), None).await },
+        )
+        .await
+        .map_err(|e| cloudx_core::Error::internal("the run's task failed", e))??;
     Ok(Json(run))
 }

@@ -173,7 +173,13 @@ impl Sandbox {
     pub fn explain(&self, spec: &ExecSpec) -> Result<Isolation> {
         let limits = self.limits(spec);
         let workspace = spec.workspace.clone().unwrap_or_else(|| self.inner.settings.scratch_dir.join("run-…"));
-        let prepared = self.prepare(spec, &limits, &workspace, self.inside_host_ids(None))?;
+        // As root a run gets a uid of the range: the first one stands in for it.
+        let host = if self.inner.capabilities.root {
+            (self.inner.settings.uid_base, self.inner.settings.uid_base)
+        } else {
+            self.inside_host_ids(None)
+        };
+        let prepared = self.prepare(spec, &limits, &workspace, host)?;
         Ok(prepared.isolation)
     }
 
@@ -204,7 +210,7 @@ impl Sandbox {
         validate(&spec, &self.inner.settings.scratch_dir)?;
         let limits = self.limits(&spec);
         let warm = match self.warm_eligible(&spec) {
-            true => self.inner.warm.lock().expect("warm pool poisoned").ready.pop(),
+            true => self.take_warm(),
             false => None,
         };
         let outcome = match warm {
@@ -227,13 +233,29 @@ impl Sandbox {
             && !(self.inner.capabilities.root && spec.workspace.is_some())
     }
 
+    /// The oldest warm sandbox that is still ready, if any. Older than [`WARM_MAX_AGE`] (its
+    /// mount namespace is a copy of the host's from then) or ended meanwhile (its init died or
+    /// failed), one is dropped instead.
+    fn take_warm(&self) -> Option<Warm> {
+        loop {
+            let warm = self.inner.warm.lock().expect("warm pool poisoned").ready.pop_front()?;
+            if warm.launched_at.elapsed() < WARM_MAX_AGE && warm.is_waiting() {
+                return Some(warm);
+            }
+        }
+    }
+
     /// Launches warm sandboxes, each on a thread of its own, until `warm` are ready or being
-    /// launched. After a failed launch, warming stops (runs launch cold) and the failure is
-    /// logged once.
+    /// launched. After a failed launch, warming pauses for [`WARM_RETRY`] (runs launch cold)
+    /// and the failure is logged.
     fn refill(&self) {
         let target = self.inner.settings.warm;
         let mut pool = self.inner.warm.lock().expect("warm pool poisoned");
-        while !pool.failed && pool.ready.len() + pool.launching < target {
+        if pool.failed_at.is_some_and(|at| at.elapsed() < WARM_RETRY) {
+            return;
+        }
+        pool.failed_at = None;
+        while pool.ready.len() + pool.launching < target {
             pool.launching += 1;
             let sandbox = self.clone();
             let spawned = std::thread::Builder::new().name("cloudx-warm".into()).spawn(move || {
@@ -241,10 +263,10 @@ impl Sandbox {
                 let mut pool = sandbox.inner.warm.lock().expect("warm pool poisoned");
                 pool.launching -= 1;
                 match warm {
-                    Ok(warm) => pool.ready.push(warm),
+                    Ok(warm) => pool.ready.push_back(warm),
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot launch a sandbox ahead of its run; runs launch cold");
-                        pool.failed = true;
+                        tracing::warn!(error = %e, "cannot launch a sandbox ahead of its run; runs launch cold for a while");
+                        pool.failed_at = Some(Instant::now());
                     }
                 }
             });
@@ -263,7 +285,7 @@ impl Sandbox {
         while Instant::now() < deadline {
             {
                 let pool = self.inner.warm.lock().expect("warm pool poisoned");
-                if pool.failed || pool.launching == 0 {
+                if pool.failed_at.is_some() || pool.launching == 0 {
                     return;
                 }
             }
@@ -303,16 +325,25 @@ impl Sandbox {
         }
         let (go_r, go_w) = pipe()?;
         let (launched, _, op_names) = launch(prepared, host, cgroup.as_ref(), None, Some(go_r))?;
-        match ready(&launched.report) {
-            Ok(Some(Report::Ready)) => Ok(Warm { launched, go: go_w, host, root, cgroup, scratch, lease }),
-            Ok(Some(Report::Failed { step, errno, index })) => {
-                Err(setup_error(step, errno, index, &template, &op_names))
+        let error = match ready(&launched.report) {
+            Ok(Some(Report::Ready)) => {
+                return Ok(Warm {
+                    launched,
+                    go: go_w,
+                    host,
+                    root,
+                    cgroup,
+                    scratch,
+                    lease,
+                    launched_at: Instant::now(),
+                });
             }
-            Ok(_) => Err(Error::new(ErrorKind::Unavailable, "a sandbox launched ahead ended before it was ready")),
-            Err(e) => {
-                Err(Error::new(ErrorKind::Unavailable, format!("a sandbox launched ahead did not get ready: {e}")))
-            }
-        }
+            Ok(Some(Report::Failed { step, errno, index })) => setup_error(step, errno, index, &template, &op_names),
+            Ok(_) => Error::new(ErrorKind::Unavailable, "a sandbox launched ahead ended before it was ready"),
+            Err(e) => Error::new(ErrorKind::Unavailable, format!("a sandbox launched ahead did not get ready: {e}")),
+        };
+        abandon(launched, (cgroup, scratch, lease));
+        Err(error)
     }
 
     /// Runs `spec` in a warm sandbox: its limits into the cgroup, its request to init.
@@ -324,11 +355,14 @@ impl Sandbox {
         chunks: Option<mpsc::Sender<OutputChunk>>,
     ) -> Result<ExecOutcome> {
         let started = Instant::now();
-        let Warm { launched, go, host, root, mut cgroup, scratch, lease } = warm;
-        if let (Some(cgroups), Some(run)) = (&self.inner.cgroups, cgroup.as_mut()) {
-            cgroups
-                .relimit(run, &limits)
-                .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot set the run's cgroup limits: {e}")))?;
+        let Warm { mut launched, go, host, root, mut cgroup, scratch, lease, .. } = warm;
+        if let (Some(cgroups), Some(run)) = (&self.inner.cgroups, cgroup.as_mut())
+            && let Err(e) = cgroups.relimit(run, &limits)
+        {
+            // (A limit below what the cgroup still holds: this one cannot take the run.)
+            tracing::debug!(error = %e, "a warm sandbox's cgroup refused the run's limits; launching cold");
+            abandon(launched, (cgroup, scratch, lease));
+            return self.run_cold(spec, limits, chunks).await;
         }
         let workspace = spec.workspace.clone().unwrap_or_else(|| scratch.dir.clone());
         // The plan holds raw pointers: it must not live across an await.
@@ -351,17 +385,20 @@ impl Sandbox {
             (request, prepared.isolation, prepared.op_names)
         };
         let Some(request) = request else {
-            drop((launched, cgroup, scratch, lease));
+            abandon(launched, (cgroup, scratch, lease));
             return self.run_cold(spec, limits, chunks).await;
         };
+        // From here, whatever happens (an error, the run's future dropped), the processes are
+        // ended and reaped before the uid, the scratch folder and the cgroup are released.
+        let running = Running { outer: launched.outer.take(), rest: Some((cgroup, Some(scratch), lease)) };
         let mut go = tokio::net::unix::pipe::Sender::from_owned_fd(go)
             .map_err(|e| Error::internal("cannot use a warm sandbox's request pipe", e))?;
         // A write error means init has gone: supervision reads its report.
         let _ = go.write_all(&request).await;
         drop(go);
-        let mut supervised = supervise(launched, &spec, &limits, chunks, started).await?;
-        let stats = cgroup.as_ref().map(RunCgroup::stats);
-        teardown(supervised.outer.take(), (cgroup, scratch, lease), spec.workspace.is_some()).await;
+        let supervised = supervise(launched, &spec, &limits, chunks, started).await?;
+        let stats = running.stats();
+        running.finish(spec.workspace.is_some()).await;
         let mut outcome = finish(supervised, stats, isolation, &op_names, &spec)?;
         outcome.warm = true;
         Ok(outcome)
@@ -404,9 +441,11 @@ impl Sandbox {
         })
         .await
         .map_err(|e| Error::internal("the sandbox's launching thread failed", e))??;
-        let mut supervised = supervise(launched, &spec, &limits, chunks, started).await?;
-        let stats = cgroup.as_ref().map(RunCgroup::stats);
-        teardown(supervised.outer.take(), (cgroup, scratch, lease), spec.workspace.is_some()).await;
+        let mut launched = launched;
+        let running = Running { outer: launched.outer.take(), rest: Some((cgroup, scratch, lease)) };
+        let supervised = supervise(launched, &spec, &limits, chunks, started).await?;
+        let stats = running.stats();
+        running.finish(spec.workspace.is_some()).await;
         finish(supervised, stats, isolation, &op_names, &spec)
     }
 
@@ -1222,7 +1261,7 @@ fn sweep(scratch: &Path, cgroups: Option<&Cgroups>) {
     if let Ok(entries) = std::fs::read_dir(scratch) {
         for entry in entries.flatten() {
             if dead_owner(&entry.file_name().to_string_lossy(), "run-") {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = crate::fs::remove_tree(&entry.path());
             }
         }
     }
@@ -1253,7 +1292,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        if let Err(e) = crate::fs::remove_tree(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a sandbox scratch folder");
         }
     }
@@ -1262,11 +1301,17 @@ impl Drop for Scratch {
 /// Sandboxes launched ahead of their runs, and how many are being launched.
 #[derive(Default)]
 struct WarmPool {
-    ready: Vec<Warm>,
+    ready: std::collections::VecDeque<Warm>,
     launching: usize,
-    /// A launch failed: runs launch cold from then on.
-    failed: bool,
+    /// When a launch last failed: runs launch cold for [`WARM_RETRY`] after it.
+    failed_at: Option<Instant>,
 }
+
+/// How long a sandbox launched ahead may wait for a run: its mount namespace is a copy of the
+/// host's from its launch, and the workspace path is resolved in it.
+const WARM_MAX_AGE: Duration = Duration::from_secs(60);
+/// How long warming pauses after a failed launch.
+const WARM_RETRY: Duration = Duration::from_secs(30);
 
 /// A sandbox launched ahead of its run (see [`Sandbox::launch_warm`]). Dropped unused, its
 /// lifeline closes and everything in it ends.
@@ -1280,6 +1325,17 @@ struct Warm {
     cgroup: Option<RunCgroup>,
     scratch: Scratch,
     lease: Option<UidLease>,
+    launched_at: Instant,
+}
+
+impl Warm {
+    /// Whether init still waits for its request: nothing more on its report pipe (a failure,
+    /// or the pipe's end when it died).
+    fn is_waiting(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.launched.report.as_fd(), PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n == 0)
+    }
 }
 
 /// Waits (up to five seconds) for a warm init's first report.
@@ -1312,7 +1368,8 @@ struct Launched {
     stdout: OwnedFd,
     stderr: OwnedFd,
     report: OwnedFd,
-    outer: Outer,
+    /// Taken by the run's [`Running`] guard once it starts.
+    outer: Option<Outer>,
 }
 
 /// The outer process; reaped when dropped (on a blocking thread, after killing it if it is
@@ -1347,18 +1404,19 @@ impl Outer {
 }
 
 /// Reaps an outer process whose lifeline is closed: it then kills init, reaps it and exits
-/// (killing it instead would orphan init, whose zombie nobody might reap). Killed after two
-/// seconds if it has not gone by then.
+/// (killing it instead would orphan init, whose zombie nobody might reap). Only one that has
+/// not gone after half a minute (which would be a bug) is killed, and said so.
 fn reap_bounded(pid: libc::pid_t) {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let pid = nix::unistd::Pid::from_raw(pid);
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_micros(200));
             }
             Ok(WaitStatus::StillAlive) => {
+                tracing::error!(%pid, "a sandbox's outer process did not end after its lifeline closed; killing it");
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = waitpid(pid, None);
                 return;
@@ -1433,7 +1491,7 @@ fn launch(
         outer.reap_now();
     })?;
     let launched = Launched {
-        outer,
+        outer: Some(outer),
         stdin: stdin_w,
         stdout: stdout_r,
         stderr: stderr_r,
@@ -1478,8 +1536,6 @@ fn handshake(
 
 /// What supervision gathered.
 struct Supervised {
-    /// The outer process, not reaped yet (see [`teardown`]).
-    outer: Option<Outer>,
     report: Option<Report>,
     stdout: Bytes,
     stdout_truncated: bool,
@@ -1498,7 +1554,7 @@ async fn supervise(
     started: Instant,
 ) -> Result<Supervised> {
     let pipe_err = |e: std::io::Error| Error::internal("cannot read the sandbox's pipes", e);
-    let Launched { outer, stdin, stdout, stderr, report, mut lifeline } = launched;
+    let Launched { stdin, stdout, stderr, report, mut lifeline, .. } = launched;
     let input = spec.stdin.clone().unwrap_or_default();
     let feeder = async move {
         if input.is_empty() {
@@ -1539,7 +1595,6 @@ async fn supervise(
     };
     let wall = started.elapsed();
     Ok(Supervised {
-        outer: Some(outer),
         report,
         stdout: out,
         stdout_truncated: out_truncated,
@@ -1580,7 +1635,6 @@ async fn read_capped(
     (kept.freeze(), truncated)
 }
 
-/// Reads the report pipe to its end; the first failure wins, else the end of the command.
 /// Reads the report pipe up to the first failure or the end of the command (each is final),
 /// or to its end: records are written whole, one `write` each.
 async fn read_reports(mut pipe: tokio::net::unix::pipe::Receiver) -> Option<Report> {
@@ -1593,25 +1647,59 @@ async fn read_reports(mut pipe: tokio::net::unix::pipe::Receiver) -> Option<Repo
     None
 }
 
-/// Ends what is left of a run: the lifeline is closed, so the outer process kills init (and
-/// with it every process of the sandbox; the command has ended and its output is read), reaps
-/// it and exits; this reaps the outer process and only then releases `rest` (the cgroup, the
-/// scratch folder, the uid), so that no uid is handed to another run while a process of this
-/// one may live. Off the run's path, unless `wait`: a caller that reads the workspace next must
-/// find no process of the run still writing it.
-async fn teardown<T: Send + 'static>(outer: Option<Outer>, rest: T, wait: bool) {
-    let work = move || {
-        if let Some(mut outer) = outer {
-            outer.reap_bounded();
-        }
-        drop(rest);
-    };
-    if wait {
-        // Dropped unrun (the runtime shutting down), the Outer reaps itself on a thread.
-        let _ = tokio::task::spawn_blocking(work).await;
-    } else {
-        detached(work);
+/// What a launched run holds until its processes are gone: the outer process, and the
+/// cgroup, scratch folder and uid, which are released only once it is reaped (so that no uid
+/// is handed to another run while a process of this one may live). With the lifeline closed,
+/// the outer process kills init (and with it every process of the sandbox), reaps it and exits.
+/// Dropped (the run's future dropped, an error), it does all that on a thread of its own.
+struct Running {
+    outer: Option<Outer>,
+    rest: Option<(Option<RunCgroup>, Option<Scratch>, Option<UidLease>)>,
+}
+
+impl Running {
+    /// What the run's cgroup measured.
+    fn stats(&self) -> Option<cgroup::Stats> {
+        self.rest.as_ref().and_then(|(cgroup, _, _)| cgroup.as_ref()).map(RunCgroup::stats)
     }
+
+    /// Ends the run's processes and releases what it held, off the run's path unless `wait`:
+    /// a caller that reads the workspace next must find no process of the run still writing.
+    async fn finish(mut self, wait: bool) {
+        let (outer, rest) = (self.outer.take(), self.rest.take());
+        let work = move || end_and_release(outer, rest);
+        if wait {
+            // Dropped unrun (the runtime shutting down), the Outer reaps itself on a thread.
+            let _ = tokio::task::spawn_blocking(work).await;
+        } else {
+            detached(work);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let (outer, rest) = (self.outer.take(), self.rest.take());
+        if outer.is_some() || rest.is_some() {
+            detached(move || end_and_release(outer, rest));
+        }
+    }
+}
+
+fn end_and_release<T>(outer: Option<Outer>, rest: T) {
+    if let Some(mut outer) = outer {
+        outer.reap_bounded();
+    }
+    drop(rest);
+}
+
+/// Gives up a launched sandbox before its run: its processes end, and then what it held goes.
+fn abandon(mut launched: Launched, rest: (Option<RunCgroup>, Scratch, Option<UidLease>)) {
+    let outer = launched.outer.take();
+    // The lifeline closes here: the outer process ends init and exits.
+    drop(launched);
+    let (cgroup, scratch, lease) = rest;
+    drop(Running { outer, rest: Some((cgroup, Some(scratch), lease)) });
 }
 
 /// Runs `work` on a thread of its own: not on the runtime's blocking pool, which drops what
