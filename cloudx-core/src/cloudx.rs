@@ -41,6 +41,7 @@ struct Inner {
     jwt_secret: Secret,
     auth: Auth,
     storage: Storage,
+    queue: crate::queue::Queue,
     /// The sandbox, made on first use (or why it cannot be).
     sandbox: std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>>,
 }
@@ -99,6 +100,7 @@ impl Cloudx {
         };
         let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes(), ed25519_pem.as_deref()).await?;
         let storage = Storage::open(db.clone(), &config)?;
+        let queue = crate::queue::Queue::new(db.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -106,6 +108,7 @@ impl Cloudx {
                 instance_id,
                 jwt_secret,
                 auth,
+                queue,
                 storage,
                 sandbox: std::sync::OnceLock::new(),
             }),
@@ -129,6 +132,11 @@ impl Cloudx {
 
     pub(crate) fn sandbox_cell(&self) -> &std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>> {
         &self.inner.sandbox
+    }
+
+    /// The durable job queue.
+    pub fn queue(&self) -> &crate::queue::Queue {
+        &self.inner.queue
     }
 
     /// The database pool.

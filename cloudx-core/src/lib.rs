@@ -71,6 +71,7 @@ pub mod db;
 pub mod error;
 mod fs;
 mod principal;
+pub mod queue;
 pub mod sandbox;
 pub mod storage;
 #[cfg(feature = "testing")]

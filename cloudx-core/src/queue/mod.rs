@@ -1,0 +1,801 @@
+//! The Queue port: a durable job queue in the SQL database (SQLite or Postgres).
+//!
+//! A job is submitted `queued`; a worker claims it with a lease (`running`, `attempts` + 1) and
+//! keeps the lease with heartbeats; it ends `succeeded`, or after a failure is queued again with
+//! an exponential backoff until `max_attempts`, then `dead`; or it is `cancelled`. A lease that
+//! expires makes the job claimable again, and every answer of a worker (heartbeat, event,
+//! completion, failure) is fenced by the attempt it holds: a worker that lost its lease cannot
+//! record anything. Claims take the oldest of the highest priority among jobs whose `run_at` has
+//! come: `FOR UPDATE SKIP LOCKED` on Postgres, a `BEGIN IMMEDIATE` transaction on SQLite.
+//!
+//! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::{Database, db_error};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The Postgres channel on which submissions wake workers.
+const CHANNEL: &str = "cloudx_jobs";
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum JobStatus {
+    /// Waiting for a worker (or for its `run_at`).
+    Queued,
+    /// Leased to a worker.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Out of attempts, or failed for good; an administrator can queue it again.
+    Dead,
+    /// Cancelled before it ended.
+    Cancelled,
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Dead => "dead",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "dead" => JobStatus::Dead,
+            "cancelled" => JobStatus::Cancelled,
+            other => return Err(Error::new(ErrorKind::Internal, format!("a job has the unknown status `{other}`"))),
+        })
+    }
+
+    /// Whether the job has ended (succeeded, dead or cancelled).
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Dead | JobStatus::Cancelled)
+    }
+}
+
+/// A job to submit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// The handler that runs it (`sandbox_exec`, `test_runner`, ...).
+    pub kind: String,
+    /// The project it belongs to, if any.
+    #[serde(default)]
+    pub project: Option<Uuid>,
+    /// What the handler gets.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: i64,
+    /// Not before this time (default: now).
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// How many leases it may take before it is dead (default 3).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Submitting again with the same key (by the same account) returns the first job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload` and every other field at its default.
+    pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self {
+            kind: kind.into(),
+            project: None,
+            payload,
+            priority: 0,
+            run_at: None,
+            max_attempts: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Job {
+    /// Its id.
+    pub id: Uuid,
+    /// Its handler.
+    pub kind: String,
+    /// Its project.
+    pub project: Option<Uuid>,
+    /// Who submitted it (the nil id for the local system principal).
+    pub created_by: Uuid,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Its priority.
+    pub priority: i64,
+    /// What the handler gets.
+    pub payload: serde_json::Value,
+    /// What the handler returned, once it succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Leases taken so far.
+    pub attempts: u32,
+    /// Leases it may take.
+    pub max_attempts: u32,
+    /// When it may (next) run.
+    pub run_at: DateTime<Utc>,
+    /// While running: until when its worker holds it.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// While running: which worker.
+    pub worker: Option<Uuid>,
+    /// Whether a cancel was asked while it ran.
+    pub cancel_requested: bool,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it first started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A worker's hold on a job: answers with it are accepted only while it is the job's latest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The job, as it was when leased.
+    pub job: Job,
+    /// The worker holding it.
+    pub worker: Uuid,
+    /// Which attempt this is (from 1): the fence.
+    pub attempt: u32,
+}
+
+/// One thing a job said while it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobEvent {
+    /// Its number, from 1, in order.
+    pub seq: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `progress`, `log`, `output`, ... (the handler's).
+    pub kind: String,
+    /// What.
+    pub data: serde_json::Value,
+}
+
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The lease now runs until here.
+    pub lease_until: DateTime<Utc>,
+    /// A cancel was asked: the handler should stop.
+    pub cancel_requested: bool,
+}
+
+/// Backoff between attempts: `base × 2^(attempt − 1)`, at most `max`, ± a quarter (jitter).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first wait.
+    pub base: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { base: Duration::from_secs(1), max: Duration::from_secs(300) }
+    }
+}
+
+impl Backoff {
+    /// The wait after the `attempt`th failure (from 1), with jitter drawn from `unit` in [0, 1).
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.75 + unit.clamp(0.0, 1.0) * 0.5)
+    }
+}
+
+/// The job queue: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    db: Database,
+    wake: Arc<tokio::sync::Notify>,
+    backoff: Backoff,
+    listening: Arc<std::sync::OnceLock<()>>,
+}
+
+/// Microseconds since the epoch.
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+fn now_us() -> i64 {
+    micros(Utc::now())
+}
+
+/// The columns of a job, in [`Row`]'s order.
+macro_rules! job_columns {
+    () => {
+        "id, kind, project_id, created_by, status, priority, payload, result, last_error, attempts, max_attempts, \
+         run_at, lease_until, worker_id, cancel_requested, idempotency_key, created_at, started_at, finished_at"
+    };
+}
+
+/// A job's row, as [`job_columns`] selects it.
+struct Row {
+    id: Uuid,
+    kind: String,
+    project_id: Option<Uuid>,
+    created_by: Uuid,
+    status: String,
+    priority: i64,
+    payload: String,
+    result: Option<String>,
+    last_error: Option<String>,
+    attempts: i64,
+    max_attempts: i64,
+    run_at: i64,
+    lease_until: Option<i64>,
+    worker_id: Option<Uuid>,
+    cancel_requested: i64,
+    idempotency_key: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+/// `FromRow` for [`Row`] on each dialect (sqlx derives tuples of at most 16 columns).
+macro_rules! row_from {
+    ($row:ty) => {
+        impl<'r> sqlx::FromRow<'r, $row> for Row {
+            fn from_row(r: &'r $row) -> std::result::Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Row {
+                    id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    project_id: r.try_get(2)?,
+                    created_by: r.try_get(3)?,
+                    status: r.try_get(4)?,
+                    priority: r.try_get(5)?,
+                    payload: r.try_get(6)?,
+                    result: r.try_get(7)?,
+                    last_error: r.try_get(8)?,
+                    attempts: r.try_get(9)?,
+                    max_attempts: r.try_get(10)?,
+                    run_at: r.try_get(11)?,
+                    lease_until: r.try_get(12)?,
+                    worker_id: r.try_get(13)?,
+                    cancel_requested: r.try_get(14)?,
+                    idempotency_key: r.try_get(15)?,
+                    created_at: r.try_get(16)?,
+                    started_at: r.try_get(17)?,
+                    finished_at: r.try_get(18)?,
+                })
+            }
+        }
+    };
+}
+row_from!(sqlx::sqlite::SqliteRow);
+row_from!(sqlx::postgres::PgRow);
+
+fn job(row: Row) -> Result<Job> {
+    let json = |s: &str| serde_json::from_str(s).map_err(|e| Error::internal("a stored job's JSON cannot be read", e));
+    Ok(Job {
+        id: row.id,
+        kind: row.kind,
+        project: row.project_id,
+        created_by: row.created_by,
+        status: JobStatus::parse(&row.status)?,
+        priority: row.priority,
+        payload: json(&row.payload)?,
+        result: row.result.as_deref().map(json).transpose()?,
+        last_error: row.last_error,
+        attempts: u32::try_from(row.attempts).unwrap_or(0),
+        max_attempts: u32::try_from(row.max_attempts).unwrap_or(0),
+        run_at: time(row.run_at),
+        lease_until: row.lease_until.map(time),
+        worker: row.worker_id,
+        cancel_requested: row.cancel_requested != 0,
+        idempotency_key: row.idempotency_key,
+        created_at: time(row.created_at),
+        started_at: row.started_at.map(time),
+        finished_at: row.finished_at.map(time),
+    })
+}
+
+/// The most attempts a job may ask for.
+const MAX_ATTEMPTS: u32 = 100;
+
+impl Queue {
+    /// The queue over `db`.
+    pub fn new(db: Database) -> Self {
+        Self {
+            db,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            backoff: Backoff::default(),
+            listening: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// The same queue with another backoff between attempts.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Submits a job by `created_by`. With an idempotency key that account used before, the
+    /// job of that first submission comes back instead (whatever its state).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for an empty kind, a key longer than 200 characters or
+    /// more than 100 attempts.
+    pub async fn submit(&self, created_by: Uuid, new: NewJob) -> Result<Job> {
+        let kind = new.kind.trim();
+        if kind.is_empty() || kind.len() > 100 {
+            return Err(Error::invalid("kind: give the job's kind (at most 100 characters)"));
+        }
+        let max_attempts = new.max_attempts.unwrap_or(3);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(Error::invalid(format!("max_attempts: from 1 to {MAX_ATTEMPTS}")));
+        }
+        if let Some(key) = &new.idempotency_key
+            && (key.is_empty() || key.chars().count() > 200)
+        {
+            return Err(Error::invalid("idempotency_key: 1 to 200 characters"));
+        }
+        let id = Uuid::now_v7();
+        let now = now_us();
+        let run_at = new.run_at.map_or(now, micros);
+        let payload =
+            serde_json::to_string(&new.payload).map_err(|e| Error::internal("cannot store the payload", e))?;
+        let inserted =
+            on_db!(&self.db, |pool| {
+                sqlx::query(
+            "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, max_attempts, \
+             run_at, idempotency_key, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10) \
+             ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(new.project)
+        .bind(created_by)
+        .bind(new.priority)
+        .bind(&payload)
+        .bind(i64::from(max_attempts))
+        .bind(run_at)
+        .bind(&new.idempotency_key)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+            })
+            .map_err(|e| db_error("submitting the job", e))?;
+        if inserted == 0 {
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE created_by = $1 AND idempotency_key = $2");
+            let row: Row =
+                on_db!(&self.db, |pool| sqlx::query_as(sql).bind(created_by).bind(key).fetch_one(pool).await)
+                    .map_err(|e| db_error("reading the job of the first submission", e))?;
+            return job(row);
+        }
+        self.wake_workers().await;
+        self.get(id).await
+    }
+
+    /// Tells waiting workers that there is work: this process's at once, others' through
+    /// Postgres `NOTIFY`.
+    async fn wake_workers(&self) {
+        self.wake.notify_waiters();
+        if let Database::Postgres(pool) = &self.db
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(pool).await
+        {
+            tracing::warn!(error = %e, "cannot notify the workers of a new job; they find it at their next poll");
+        }
+    }
+
+    /// Waits until a job may have arrived, at most `timeout`: woken by submissions in this
+    /// process and, on Postgres, in any process (`LISTEN`).
+    pub async fn wait(&self, timeout: Duration) {
+        if let Database::Postgres(pool) = &self.db {
+            self.listen(pool);
+        }
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    /// Starts (once) the task that forwards Postgres notifications to this process's waiters.
+    fn listen(&self, pool: &sqlx::PgPool) {
+        if self.listening.set(()).is_err() {
+            return;
+        }
+        let (pool, wake) = (pool.clone(), self.wake.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for new jobs; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(CHANNEL).await {
+                    tracing::warn!(error = %e, "cannot listen for new jobs; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // A reconnection may have missed notifications: wake everyone once.
+                wake.notify_waiters();
+                while listener.recv().await.is_ok() {
+                    wake.notify_waiters();
+                }
+            }
+        });
+    }
+
+    /// A job.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when there is none with that id.
+    pub async fn get(&self, id: Uuid) -> Result<Job> {
+        let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(sql).bind(id).fetch_optional(pool).await)
+            .map_err(|e| db_error("reading the job", e))?;
+        row.map(job).transpose()?.ok_or_else(|| Error::not_found(format!("no job {id}")))
+    }
+
+    /// Leases up to `max` claimable jobs of `kinds` (all kinds when empty) to `worker` for
+    /// `lease`: queued ones whose time has come, highest priority first, oldest first. Expired
+    /// leases are dealt with first: their jobs become claimable again, or dead when out of
+    /// attempts.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn claim(&self, worker: Uuid, kinds: &[String], max: usize, lease: Duration) -> Result<Vec<Lease>> {
+        let now = now_us();
+        self.expire(now).await?;
+        let until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        let limit = i64::try_from(max.max(1)).unwrap_or(1000);
+        let rows: Vec<Row> = match &self.db {
+            Database::Postgres(pool) => {
+                let sql = concat!(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = $1, lease_until = $2, \
+                     started_at = COALESCE(started_at, $3) \
+                     WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3 \
+                       AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
+                       ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                     RETURNING ",
+                    job_columns!()
+                );
+                sqlx::query_as(sql).bind(worker).bind(until).bind(now).bind(kinds).bind(limit).fetch_all(pool).await
+            }
+            Database::Sqlite(pool) => {
+                let kinds = serde_json::to_string(kinds).map_err(|e| Error::internal("cannot encode the kinds", e))?;
+                let sql = concat!(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = $1, lease_until = $2, \
+                     started_at = COALESCE(started_at, $3) \
+                     WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3 \
+                       AND (json_array_length($4) = 0 OR kind IN (SELECT value FROM json_each($4))) \
+                       ORDER BY priority DESC, run_at, id LIMIT $5) \
+                     RETURNING ",
+                    job_columns!()
+                );
+                match pool.begin_with("BEGIN IMMEDIATE").await {
+                    Ok(mut tx) => {
+                        let rows = sqlx::query_as(sql)
+                            .bind(worker)
+                            .bind(until)
+                            .bind(now)
+                            .bind(&kinds)
+                            .bind(limit)
+                            .fetch_all(&mut *tx)
+                            .await;
+                        match rows {
+                            Ok(rows) => tx.commit().await.map(|()| rows),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        .map_err(|e| db_error("claiming jobs", e))?;
+        let mut leases = rows
+            .into_iter()
+            .map(|row| {
+                let job = job(row)?;
+                Ok(Lease { worker, attempt: job.attempts, job })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        leases.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.job.run_at.cmp(&b.job.run_at)));
+        Ok(leases)
+    }
+
+    /// Jobs whose lease expired: claimable again, or dead when out of attempts (or cancelled
+    /// when a cancel was asked).
+    async fn expire(&self, now: i64) -> Result<()> {
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET \
+               status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                             WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+               last_error = 'the worker holding it stopped answering (its lease expired)', \
+               finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= max_attempts THEN $1 ELSE NULL END, \
+               run_at = $1, lease_until = NULL, worker_id = NULL \
+             WHERE status = 'running' AND lease_until < $1"
+        )
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| db_error("expiring leases", e))
+    }
+
+    /// The error of an answer from a worker that no longer holds the job.
+    fn lost(lease: &Lease) -> Error {
+        Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "job {}: attempt {} no longer holds it (its lease expired, or it was cancelled or re-run)",
+                lease.job.id, lease.attempt
+            ),
+        )
+    }
+
+    /// Keeps the lease for another `extend`, and says whether a cancel was asked.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost.
+    pub async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Heartbeat> {
+        let until = now_us() + i64::try_from(extend.as_micros()).unwrap_or(i64::MAX / 2);
+        let row: Option<(i64,)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND status = 'running' AND worker_id = $3 AND attempts = $4 \
+             RETURNING cancel_requested"
+        )
+        .bind(until)
+        .bind(lease.job.id)
+        .bind(lease.worker)
+        .bind(i64::from(lease.attempt))
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| db_error("renewing the lease", e))?;
+        let (cancel,) = row.ok_or_else(|| Self::lost(lease))?;
+        Ok(Heartbeat { lease_until: time(until), cancel_requested: cancel != 0 })
+    }
+
+    /// Records the job's success and `result`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost: the result is not recorded.
+    pub async fn complete(&self, lease: &Lease, result: serde_json::Value) -> Result<Job> {
+        let result = serde_json::to_string(&result).map_err(|e| Error::internal("cannot store the result", e))?;
+        let done = on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', result = $1, finished_at = $2, lease_until = NULL \
+             WHERE id = $3 AND status = 'running' AND worker_id = $4 AND attempts = $5"
+        )
+        .bind(&result)
+        .bind(now_us())
+        .bind(lease.job.id)
+        .bind(lease.worker)
+        .bind(i64::from(lease.attempt))
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("completing the job", e))?;
+        if done == 0 {
+            return Err(Self::lost(lease));
+        }
+        self.get(lease.job.id).await
+    }
+
+    /// Records a failure: the job is queued again after a backoff while it has attempts left
+    /// and `retry` (a cancel asked meanwhile makes it cancelled); else it is dead, `error`
+    /// kept.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost.
+    pub async fn fail(&self, lease: &Lease, error: &str, retry: bool) -> Result<Job> {
+        let now = now_us();
+        let wait = self.backoff.delay(lease.attempt, rand_unit());
+        let run_at = now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2);
+        let error: String = error.chars().take(8000).collect();
+        let done = on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET \
+               status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                             WHEN $1 <> 0 AND attempts < max_attempts THEN 'queued' ELSE 'dead' END, \
+               finished_at = CASE WHEN cancel_requested = 0 AND $1 <> 0 AND attempts < max_attempts THEN NULL ELSE $2 END, \
+               run_at = $3, last_error = $4, lease_until = NULL, worker_id = NULL \
+             WHERE id = $5 AND status = 'running' AND worker_id = $6 AND attempts = $7"
+        )
+        .bind(i64::from(retry))
+        .bind(now)
+        .bind(run_at)
+        .bind(&error)
+        .bind(lease.job.id)
+        .bind(lease.worker)
+        .bind(i64::from(lease.attempt))
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("recording the failure", e))?;
+        if done == 0 {
+            return Err(Self::lost(lease));
+        }
+        let job = self.get(lease.job.id).await?;
+        if job.status == JobStatus::Queued {
+            self.wake_workers().await;
+        }
+        Ok(job)
+    }
+
+    /// Cancels a job: a queued one at once; a running one is marked, its worker learns it at
+    /// its next heartbeat and stops (it ends cancelled when the worker answers).
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for no such job, [`ErrorKind::Conflict`] for one that ended
+    /// otherwise (cancelling a cancelled job answers it again).
+    pub async fn cancel(&self, id: Uuid) -> Result<Job> {
+        let now = now_us();
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET \
+               status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
+               finished_at = CASE WHEN status = 'queued' THEN $1 ELSE finished_at END, \
+               cancel_requested = 1 \
+             WHERE id = $2 AND status IN ('queued', 'running')"
+        )
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| db_error("cancelling the job", e))?;
+        let job = self.get(id).await?;
+        match job.status {
+            JobStatus::Cancelled | JobStatus::Running => Ok(job),
+            status => Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {id} has already ended ({}): nothing to cancel", status.as_str()),
+            )),
+        }
+    }
+
+    /// Queues a dead or cancelled job again, with its attempts counted from zero.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for no such job, [`ErrorKind::Conflict`] for one that is not
+    /// dead or cancelled.
+    pub async fn retry(&self, id: Uuid) -> Result<Job> {
+        let done =
+            on_db!(&self.db, |pool| {
+                sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $1, finished_at = NULL, cancel_requested = 0 \
+             WHERE id = $2 AND status IN ('dead', 'cancelled')"
+        )
+        .bind(now_us())
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+            })
+            .map_err(|e| db_error("queueing the job again", e))?;
+        let job = self.get(id).await?;
+        if done == 0 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {id} is {}: only a dead or cancelled job can be retried", job.status.as_str()),
+            ));
+        }
+        self.wake_workers().await;
+        Ok(job)
+    }
+
+    /// Appends an event to the job the lease holds; returns its number.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost (nothing is appended).
+    pub async fn append_event(&self, lease: &Lease, kind: &str, data: serde_json::Value) -> Result<i64> {
+        let data = serde_json::to_string(&data).map_err(|e| Error::internal("cannot store the event", e))?;
+        let (id, worker, attempt, at) = (lease.job.id, lease.worker, i64::from(lease.attempt), now_us());
+        macro_rules! append {
+            ($tx:expr) => {
+                async {
+                    let mut tx = $tx;
+                    let holds: Option<(i64,)> = sqlx::query_as(
+                        "SELECT attempts FROM jobs WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3",
+                    )
+                    .bind(id)
+                    .bind(worker)
+                    .bind(attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if holds.is_none() {
+                        return Ok(None);
+                    }
+                    let (seq,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = $1")
+                            .bind(id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    sqlx::query("INSERT INTO job_events (job_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(id)
+                        .bind(seq)
+                        .bind(at)
+                        .bind(kind)
+                        .bind(&data)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await.map(|()| Some(seq))
+                }
+                .await
+            };
+        }
+        let lock = i64::from_be_bytes(id.as_bytes()[8..].try_into().expect("8 bytes"));
+        let appended: std::result::Result<Option<i64>, sqlx::Error> =
+            in_write_tx!(&self.db, lock = lock, |tx| append!(tx));
+        appended.map_err(|e| db_error("appending the job's event", e))?.ok_or_else(|| Self::lost(lease))
+    }
+
+    /// The job's events after number `after`, at most `limit`, in order.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn events(&self, id: Uuid, after: i64, limit: u32) -> Result<Vec<JobEvent>> {
+        let rows: Vec<(i64, i64, String, String)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT seq, at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("reading the job's events", e))?;
+        rows.into_iter()
+            .map(|(seq, at, kind, data)| {
+                let data =
+                    serde_json::from_str(&data).map_err(|e| Error::internal("a stored event cannot be read", e))?;
+                Ok(JobEvent { seq, at: time(at), kind, data })
+            })
+            .collect()
+    }
+}
+
+/// A number in [0, 1) for the backoff's jitter.
+fn rand_unit() -> f64 {
+    let bits = u64::from_ne_bytes(*Uuid::new_v4().as_bytes().first_chunk().expect("16 bytes"));
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_its_bounds_with_a_quarter_of_jitter() {
+        let b = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
+        assert_eq!(b.delay(1, 0.5), Duration::from_secs(1));
+        assert_eq!(b.delay(2, 0.5), Duration::from_secs(2));
+        assert_eq!(b.delay(4, 0.5), Duration::from_secs(8));
+        assert_eq!(b.delay(30, 0.5), Duration::from_secs(60));
+        assert_eq!(b.delay(1, 0.0), Duration::from_millis(750));
+        assert!(b.delay(1, 0.999_999) < Duration::from_millis(1250));
+        assert!((0..1000).map(|_| rand_unit()).all(|u| (0.0..1.0).contains(&u)));
+    }
+}

@@ -1,0 +1,309 @@
+//! The conformance suite of the `Queue` port: every scenario on SQLite and on a real Postgres.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use cloudx_core::config::ConfigLoader;
+use cloudx_core::queue::{Backoff, JobStatus, NewJob, Queue};
+use cloudx_core::testing::TestPostgres;
+use cloudx_core::{Cloudx, ErrorKind};
+use serde_json::json;
+use uuid::Uuid;
+
+struct Instance {
+    queue: Queue,
+    _cx: Cloudx,
+    _pg: Option<TestPostgres>,
+    _dir: tempfile::TempDir,
+}
+
+async fn instance(postgres: bool) -> Option<Instance> {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = if postgres { Some(TestPostgres::create().await?) } else { None };
+    let mut env = vec![("CLOUDX_DATA_DIR".to_owned(), dir.path().to_str().unwrap().to_owned())];
+    if let Some(pg) = &pg {
+        env.push(("CLOUDX_DATABASE__URL".into(), pg.url().to_owned()));
+    }
+    let cx = Cloudx::connect(ConfigLoader::new().env(env).load().unwrap()).await.unwrap();
+    // Short backoffs, so that retries can be watched.
+    let queue = Queue::new(cx.database().clone())
+        .with_backoff(Backoff { base: Duration::from_millis(40), max: Duration::from_millis(200) });
+    Some(Instance { queue, _cx: cx, _pg: pg, _dir: dir })
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(false).await })* }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(true).await })* }
+    };
+}
+
+conformance!(
+    submit_claim_complete,
+    priority_then_age_and_run_at,
+    idempotent_submissions_make_one_job_even_at_once,
+    many_workers_each_job_once_never_two_holders,
+    a_lost_lease_fences_late_answers,
+    retries_back_off_then_the_job_is_dead,
+    cancel_queued_and_running,
+    events_in_order_and_only_from_the_holder,
+    bad_input_is_refused_by_name,
+);
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn kinds(k: &[&str]) -> Vec<String> {
+    k.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn submit_claim_complete(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let me = Uuid::now_v7();
+    let job = q.submit(me, NewJob::new("echo", json!({"say": "hi"}))).await.unwrap();
+    assert_eq!((job.status, job.attempts, job.max_attempts, job.created_by), (JobStatus::Queued, 0, 3, me));
+    // Another kind's worker does not see it.
+    assert!(q.claim(Uuid::now_v7(), &kinds(&["other"]), 10, LEASE).await.unwrap().is_empty());
+    let worker = Uuid::now_v7();
+    let leases = q.claim(worker, &kinds(&["echo"]), 10, LEASE).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert_eq!((lease.attempt, lease.job.status, lease.job.worker), (1, JobStatus::Running, Some(worker)));
+    assert!(lease.job.started_at.is_some() && lease.job.lease_until.is_some());
+    // Nothing left to claim.
+    assert!(q.claim(Uuid::now_v7(), &[], 10, LEASE).await.unwrap().is_empty());
+    let beat = q.heartbeat(lease, LEASE).await.unwrap();
+    assert!(!beat.cancel_requested);
+    let done = q.complete(lease, json!({"said": "hi"})).await.unwrap();
+    assert_eq!((done.status, done.result.clone()), (JobStatus::Succeeded, Some(json!({"said": "hi"}))));
+    assert!(done.finished_at.is_some() && done.lease_until.is_none());
+    // A second completion is refused: the lease ended.
+    assert_eq!(q.complete(lease, json!(null)).await.unwrap_err().kind(), ErrorKind::Conflict);
+    assert_eq!(q.get(job.id).await.unwrap().result, Some(json!({"said": "hi"})));
+    assert_eq!(q.get(Uuid::now_v7()).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+async fn priority_then_age_and_run_at(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let me = Uuid::now_v7();
+    let low = q.submit(me, NewJob::new("k", json!(1))).await.unwrap();
+    let later = q
+        .submit(
+            me,
+            NewJob {
+                run_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(300)),
+                ..NewJob::new("k", json!(2))
+            },
+        )
+        .await
+        .unwrap();
+    let high = q.submit(me, NewJob { priority: 5, ..NewJob::new("k", json!(3)) }).await.unwrap();
+    let low2 = q.submit(me, NewJob::new("k", json!(4))).await.unwrap();
+    let w = Uuid::now_v7();
+    let got: Vec<Uuid> = q.claim(w, &[], 10, LEASE).await.unwrap().iter().map(|l| l.job.id).collect();
+    assert_eq!(got, vec![high.id, low.id, low2.id], "the delayed job waits; priority first, then age");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let got: Vec<Uuid> = q.claim(w, &[], 10, LEASE).await.unwrap().iter().map(|l| l.job.id).collect();
+    assert_eq!(got, vec![later.id]);
+}
+
+async fn idempotent_submissions_make_one_job_even_at_once(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let me = Uuid::now_v7();
+    let submissions: Vec<_> = (0..16)
+        .map(|n| {
+            let q = i.queue.clone();
+            tokio::spawn(async move {
+                q.submit(me, NewJob { idempotency_key: Some("build-42".into()), ..NewJob::new("k", json!(n)) }).await
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for s in submissions {
+        ids.insert(s.await.unwrap().unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "every submission with the key got the same job");
+    // Another account's key is its own.
+    let other = i
+        .queue
+        .submit(Uuid::now_v7(), NewJob { idempotency_key: Some("build-42".into()), ..NewJob::new("k", json!(0)) })
+        .await
+        .unwrap();
+    assert!(!ids.contains(&other.id));
+    assert_eq!(i.queue.claim(Uuid::now_v7(), &[], 100, LEASE).await.unwrap().len(), 2);
+}
+
+async fn many_workers_each_job_once_never_two_holders(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let me = Uuid::now_v7();
+    const JOBS: usize = 300;
+    for n in 0..JOBS {
+        i.queue.submit(me, NewJob::new("work", json!(n))).await.unwrap();
+    }
+    let holders = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<Uuid, Uuid>::new()));
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Uuid>::new()));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (q, holders, done) = (i.queue.clone(), holders.clone(), done.clone());
+            tokio::spawn(async move {
+                let worker = Uuid::now_v7();
+                loop {
+                    let leases = q.claim(worker, &kinds(&["work"]), 4, LEASE).await.unwrap();
+                    if leases.is_empty() {
+                        break;
+                    }
+                    for lease in leases {
+                        {
+                            let mut h = holders.lock().unwrap();
+                            assert!(h.insert(lease.job.id, worker).is_none(), "two workers hold job {}", lease.job.id);
+                        }
+                        tokio::task::yield_now().await;
+                        q.complete(&lease, json!(null)).await.unwrap();
+                        holders.lock().unwrap().remove(&lease.job.id);
+                        done.lock().unwrap().push(lease.job.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let done = done.lock().unwrap();
+    let unique: BTreeSet<_> = done.iter().collect();
+    assert_eq!((done.len(), unique.len()), (JOBS, JOBS), "every job done exactly once");
+}
+
+async fn a_lost_lease_fences_late_answers(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let job = q.submit(Uuid::now_v7(), NewJob::new("k", json!(null))).await.unwrap();
+    let slow = q.claim(Uuid::now_v7(), &[], 1, Duration::from_millis(100)).await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The lease expired: another worker gets the job, as attempt 2.
+    let fast = q.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().remove(0);
+    assert_eq!((fast.job.id, fast.attempt), (job.id, 2));
+    assert_eq!(fast.job.last_error.as_deref(), Some("the worker holding it stopped answering (its lease expired)"));
+    // The first worker's answers are all refused, and change nothing.
+    for err in [
+        q.heartbeat(&slow, LEASE).await.unwrap_err(),
+        q.complete(&slow, json!("late")).await.unwrap_err(),
+        q.fail(&slow, "late", true).await.unwrap_err(),
+        q.append_event(&slow, "log", json!("late")).await.unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        assert!(err.message().contains("attempt 1 no longer holds it"), "{err}");
+    }
+    let done = q.complete(&fast, json!("on time")).await.unwrap();
+    assert_eq!(done.result, Some(json!("on time")));
+    assert!(q.events(job.id, 0, 10).await.unwrap().is_empty());
+    // Out of attempts while its worker is silent: dead.
+    let job =
+        q.submit(Uuid::now_v7(), NewJob { max_attempts: Some(1), ..NewJob::new("k", json!(null)) }).await.unwrap();
+    q.claim(Uuid::now_v7(), &[], 1, Duration::from_millis(50)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(q.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().is_empty());
+    assert_eq!(q.get(job.id).await.unwrap().status, JobStatus::Dead);
+}
+
+async fn retries_back_off_then_the_job_is_dead(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let job = q.submit(Uuid::now_v7(), NewJob::new("flaky", json!(null))).await.unwrap();
+    let w = Uuid::now_v7();
+    let mut waits = Vec::new();
+    for attempt in 1..=3u32 {
+        let lease = loop {
+            if let Some(lease) = q.claim(w, &[], 1, LEASE).await.unwrap().pop() {
+                break lease;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(lease.attempt, attempt);
+        let failed = q.fail(&lease, &format!("boom {attempt}"), true).await.unwrap();
+        assert_eq!(failed.last_error.as_deref(), Some(format!("boom {attempt}").as_str()));
+        if attempt < 3 {
+            assert_eq!(failed.status, JobStatus::Queued);
+            waits.push(failed.run_at - chrono::Utc::now());
+        } else {
+            assert_eq!(failed.status, JobStatus::Dead, "out of attempts");
+        }
+    }
+    // 40 ms then 80 ms, each ± a quarter.
+    let ms: Vec<i64> = waits.iter().map(chrono::Duration::num_milliseconds).collect();
+    assert!((20..=50).contains(&ms[0]) && (50..=100).contains(&ms[1]), "backoff waits {ms:?}");
+    // An administrator queues it again; a failure that must not be retried kills it at once.
+    let again = q.retry(job.id).await.unwrap();
+    assert_eq!((again.status, again.attempts), (JobStatus::Queued, 0));
+    assert_eq!(q.retry(job.id).await.unwrap_err().kind(), ErrorKind::Conflict);
+    let lease = q.claim(w, &[], 1, LEASE).await.unwrap().remove(0);
+    let dead = q.fail(&lease, "the payload cannot be read", false).await.unwrap();
+    assert_eq!((dead.status, dead.attempts), (JobStatus::Dead, 1));
+}
+
+async fn cancel_queued_and_running(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let me = Uuid::now_v7();
+    let queued = q.submit(me, NewJob::new("k", json!(1))).await.unwrap();
+    let cancelled = q.cancel(queued.id).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(q.claim(Uuid::now_v7(), &[], 10, LEASE).await.unwrap().is_empty(), "a cancelled job never runs");
+    // Cancelling again says so again; an ended job cannot be cancelled.
+    assert_eq!(q.cancel(queued.id).await.unwrap().status, JobStatus::Cancelled);
+    let finished = q.submit(me, NewJob::new("done", json!(0))).await.unwrap();
+    let lease = q.claim(Uuid::now_v7(), &kinds(&["done"]), 1, LEASE).await.unwrap().remove(0);
+    q.complete(&lease, json!(null)).await.unwrap();
+    let err = q.cancel(finished.id).await.unwrap_err();
+    assert!(err.kind() == ErrorKind::Conflict && err.message().contains("already ended (succeeded)"), "{err}");
+    // Running: the worker learns it at its heartbeat, and its ending makes the job cancelled.
+    q.submit(me, NewJob::new("k", json!(2))).await.unwrap();
+    let lease = q.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(q.cancel(lease.job.id).await.unwrap().status, JobStatus::Running);
+    assert!(q.heartbeat(&lease, LEASE).await.unwrap().cancel_requested);
+    let ended = q.fail(&lease, "cancelled by request", true).await.unwrap();
+    assert_eq!(ended.status, JobStatus::Cancelled);
+    assert!(q.claim(Uuid::now_v7(), &[], 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn events_in_order_and_only_from_the_holder(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let job = q.submit(Uuid::now_v7(), NewJob::new("k", json!(null))).await.unwrap();
+    let lease = q.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().remove(0);
+    let appends: Vec<_> = (0..20)
+        .map(|n| {
+            let (q, lease) = (q.clone(), lease.clone());
+            tokio::spawn(async move { q.append_event(&lease, "log", json!(n)).await.unwrap() })
+        })
+        .collect();
+    let mut seqs = BTreeSet::new();
+    for a in appends {
+        seqs.insert(a.await.unwrap());
+    }
+    assert_eq!(seqs, (1..=20).collect(), "numbers from 1, no gap, no repeat");
+    let all = q.events(job.id, 0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    let tail = q.events(job.id, 15, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![16, 17, 18, 19, 20]);
+    assert_eq!(q.events(job.id, 0, 3).await.unwrap().len(), 3);
+    q.complete(&lease, json!(null)).await.unwrap();
+    assert_eq!(q.append_event(&lease, "log", json!("after")).await.unwrap_err().kind(), ErrorKind::Conflict);
+}
+
+async fn bad_input_is_refused_by_name(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let me = Uuid::now_v7();
+    for (new, word) in [
+        (NewJob::new(" ", json!(null)), "kind"),
+        (NewJob { max_attempts: Some(0), ..NewJob::new("k", json!(null)) }, "max_attempts"),
+        (NewJob { max_attempts: Some(101), ..NewJob::new("k", json!(null)) }, "max_attempts"),
+        (NewJob { idempotency_key: Some(String::new()), ..NewJob::new("k", json!(null)) }, "idempotency_key"),
+    ] {
+        let err = q.submit(me, new).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains(word), "{err}");
+    }
+}
