@@ -48,6 +48,7 @@ conformance!(
     cancel_queued_and_running,
     events_in_order_and_only_from_the_holder,
     bad_input_is_refused_by_name,
+    follows_the_reference_model,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -305,5 +306,252 @@ async fn bad_input_is_refused_by_name(postgres: bool) {
         let err = q.submit(me, new).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.message().contains(word), "{err}");
+    }
+}
+
+// ---- model-based: random operations against a reference model ----
+
+mod model {
+    use super::*;
+    use cloudx_core::queue::Lease;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Op {
+        Submit { kind: u8, priority: i64, max_attempts: u32, key: Option<u8> },
+        Claim { worker: u8, kind: Option<u8>, max: usize },
+        Complete(usize),
+        Fail(usize, bool),
+        Heartbeat(usize),
+        Event(usize),
+        Cancel(usize),
+        Retry(usize),
+    }
+
+    pub(super) fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            3 => (0u8..2, 0i64..3, 1u32..4, proptest::option::of(0u8..3))
+                .prop_map(|(kind, priority, max_attempts, key)| Op::Submit { kind, priority, max_attempts, key }),
+            3 => (0u8..3, proptest::option::of(0u8..2), 1usize..4).prop_map(|(worker, kind, max)| Op::Claim { worker, kind, max }),
+            2 => any::<usize>().prop_map(Op::Complete),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(i, retry)| Op::Fail(i, retry)),
+            1 => any::<usize>().prop_map(Op::Heartbeat),
+            1 => any::<usize>().prop_map(Op::Event),
+            1 => any::<usize>().prop_map(Op::Cancel),
+            1 => any::<usize>().prop_map(Op::Retry),
+        ];
+        proptest::collection::vec(op, 1..40)
+    }
+
+    /// A job as the model sees it.
+    #[derive(Debug, Clone)]
+    struct Job {
+        id: Uuid,
+        kind: u8,
+        priority: i64,
+        max_attempts: u32,
+        key: Option<u8>,
+        status: JobStatus,
+        attempts: u32,
+        /// When it became claimable, in submission and failure order.
+        tick: u64,
+        cancel: bool,
+        holder: Option<(Uuid, u32)>,
+        events: i64,
+    }
+
+    fn conflict<T: std::fmt::Debug>(what: &str, got: cloudx_core::Result<T>) -> std::result::Result<(), TestCaseError> {
+        match got {
+            Err(e) if e.kind() == ErrorKind::Conflict => Ok(()),
+            other => Err(TestCaseError::fail(format!("{what}: expected a conflict, got {other:?}"))),
+        }
+    }
+
+    /// Runs `ops` on an empty queue and on the model; every answer and every job must agree.
+    pub(super) async fn check(q: &Queue, ops: Vec<Op>) -> std::result::Result<(), TestCaseError> {
+        let user = Uuid::now_v7();
+        let workers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut leases: Vec<Lease> = Vec::new();
+        let mut tick = 0u64;
+        let hour = Duration::from_secs(3600);
+        for op in ops {
+            tick += 1;
+            match op {
+                Op::Submit { kind, priority, max_attempts, key } => {
+                    let new = NewJob {
+                        priority,
+                        max_attempts: Some(max_attempts),
+                        idempotency_key: key.map(|k| format!("key-{k}")),
+                        ..NewJob::new(format!("k{kind}"), json!(tick))
+                    };
+                    let got = q.submit(user, new).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    match key.and_then(|k| jobs.iter().find(|j| j.key == Some(k))) {
+                        Some(first) => prop_assert_eq!(got.id, first.id, "a repeated key returns the first job"),
+                        None => jobs.push(Job {
+                            id: got.id,
+                            kind,
+                            priority,
+                            max_attempts,
+                            key,
+                            status: JobStatus::Queued,
+                            attempts: 0,
+                            tick,
+                            cancel: false,
+                            holder: None,
+                            events: 0,
+                        }),
+                    }
+                }
+                Op::Claim { worker, kind, max } => {
+                    let worker = workers[usize::from(worker)];
+                    let kinds: Vec<String> = kind.map(|k| vec![format!("k{k}")]).unwrap_or_default();
+                    let got =
+                        q.claim(worker, &kinds, max, hour).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let mut eligible: Vec<usize> = (0..jobs.len())
+                        .filter(|&i| jobs[i].status == JobStatus::Queued && kind.is_none_or(|k| jobs[i].kind == k))
+                        .collect();
+                    eligible.sort_by_key(|&i| (std::cmp::Reverse(jobs[i].priority), jobs[i].tick));
+                    eligible.truncate(max);
+                    let want: Vec<Uuid> = eligible.iter().map(|&i| jobs[i].id).collect();
+                    let have: Vec<Uuid> = got.iter().map(|l| l.job.id).collect();
+                    prop_assert_eq!(have, want, "claimed jobs");
+                    for (lease, &i) in got.into_iter().zip(&eligible) {
+                        let j = &mut jobs[i];
+                        j.status = JobStatus::Running;
+                        j.attempts += 1;
+                        j.holder = Some((worker, j.attempts));
+                        prop_assert_eq!(lease.attempt, j.attempts);
+                        leases.push(lease);
+                    }
+                }
+                Op::Complete(n) | Op::Fail(n, _) | Op::Heartbeat(n) | Op::Event(n) if !leases.is_empty() => {
+                    let lease = leases[n % leases.len()].clone();
+                    let j = jobs.iter_mut().find(|j| j.id == lease.job.id).expect("a leased job is known");
+                    let holds = j.status == JobStatus::Running && j.holder == Some((lease.worker, lease.attempt));
+                    match op {
+                        Op::Complete(_) if holds => {
+                            let got = q
+                                .complete(&lease, json!("done"))
+                                .await
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            prop_assert_eq!(got.status, JobStatus::Succeeded);
+                            j.status = JobStatus::Succeeded;
+                            j.holder = None;
+                        }
+                        Op::Complete(_) => conflict("a late completion", q.complete(&lease, json!("late")).await)?,
+                        Op::Fail(_, retry) if holds => {
+                            let got = q
+                                .fail(&lease, "failed", retry)
+                                .await
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            j.status = if j.cancel {
+                                JobStatus::Cancelled
+                            } else if retry && j.attempts < j.max_attempts {
+                                j.tick = tick;
+                                JobStatus::Queued
+                            } else {
+                                JobStatus::Dead
+                            };
+                            j.holder = None;
+                            prop_assert_eq!(got.status, j.status);
+                        }
+                        Op::Fail(..) => conflict("a late failure", q.fail(&lease, "late", true).await)?,
+                        Op::Heartbeat(_) if holds => {
+                            let got =
+                                q.heartbeat(&lease, hour).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            prop_assert_eq!(got.cancel_requested, j.cancel);
+                        }
+                        Op::Heartbeat(_) => conflict("a late heartbeat", q.heartbeat(&lease, hour).await)?,
+                        Op::Event(_) if holds => {
+                            let seq = q
+                                .append_event(&lease, "log", json!(tick))
+                                .await
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            j.events += 1;
+                            prop_assert_eq!(seq, j.events);
+                        }
+                        _ => conflict("a late event", q.append_event(&lease, "log", json!(tick)).await)?,
+                    }
+                }
+                Op::Cancel(n) if !jobs.is_empty() => {
+                    let at = n % jobs.len();
+                    let j = &mut jobs[at];
+                    let got = q.cancel(j.id).await;
+                    match j.status {
+                        JobStatus::Queued | JobStatus::Cancelled => {
+                            prop_assert_eq!(
+                                got.map_err(|e| TestCaseError::fail(e.to_string()))?.status,
+                                JobStatus::Cancelled
+                            );
+                            j.status = JobStatus::Cancelled;
+                            j.cancel = true;
+                        }
+                        JobStatus::Running => {
+                            prop_assert_eq!(
+                                got.map_err(|e| TestCaseError::fail(e.to_string()))?.status,
+                                JobStatus::Running
+                            );
+                            j.cancel = true;
+                        }
+                        JobStatus::Succeeded | JobStatus::Dead => conflict("cancelling an ended job", got)?,
+                    }
+                }
+                Op::Retry(n) if !jobs.is_empty() => {
+                    let at = n % jobs.len();
+                    let j = &mut jobs[at];
+                    let got = q.retry(j.id).await;
+                    if matches!(j.status, JobStatus::Dead | JobStatus::Cancelled) {
+                        prop_assert_eq!(got.map_err(|e| TestCaseError::fail(e.to_string()))?.status, JobStatus::Queued);
+                        j.status = JobStatus::Queued;
+                        j.attempts = 0;
+                        j.cancel = false;
+                        j.tick = tick;
+                    } else {
+                        conflict("retrying a live job", got)?;
+                    }
+                }
+                _ => {}
+            }
+            for j in &jobs {
+                let real = q.get(j.id).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(
+                    (real.status, real.attempts, real.cancel_requested),
+                    (j.status, j.attempts, j.cancel),
+                    "job {}",
+                    j.id
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn follows_the_reference_model(postgres: bool) {
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(i) = instance(postgres).await else { return };
+    // No backoff: a failed job is claimable again at once, as the model says.
+    let q = i.queue.clone().with_backoff(Backoff { base: Duration::ZERO, max: Duration::ZERO });
+    let db = i._cx.database().clone();
+    let handle = tokio::runtime::Handle::current();
+    let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&model::ops(), |ops| {
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                // Each case starts from an empty queue.
+                match &db {
+                    cloudx_core::db::Database::Sqlite(pool) => {
+                        sqlx::query("DELETE FROM jobs").execute(pool).await.unwrap();
+                    }
+                    cloudx_core::db::Database::Postgres(pool) => {
+                        sqlx::query("DELETE FROM jobs").execute(pool).await.unwrap();
+                    }
+                }
+                model::check(&q, ops).await
+            })
+        })
+    });
+    if let Err(e) = result {
+        panic!("the queue disagrees with its model: {e}");
     }
 }

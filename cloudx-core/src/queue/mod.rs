@@ -368,9 +368,8 @@ impl Queue {
         let run_at = new.run_at.map_or(now, micros);
         let payload =
             serde_json::to_string(&new.payload).map_err(|e| Error::internal("cannot store the payload", e))?;
-        let inserted =
-            on_db!(&self.db, |pool| {
-                sqlx::query(
+        let inserted = on_db!(&self.db, |pool| {
+            sqlx::query(
             "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, max_attempts, \
              run_at, idempotency_key, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10) \
              ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
@@ -388,8 +387,8 @@ impl Queue {
         .execute(pool)
         .await
         .map(|r| r.rows_affected())
-            })
-            .map_err(|e| db_error("submitting the job", e))?;
+        })
+        .map_err(|e| db_error("submitting the job", e))?;
         if inserted == 0 {
             let key = new.idempotency_key.as_deref().unwrap_or_default();
             let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE created_by = $1 AND idempotency_key = $2");
@@ -683,9 +682,8 @@ impl Queue {
     /// [`ErrorKind::NotFound`] for no such job, [`ErrorKind::Conflict`] for one that is not
     /// dead or cancelled.
     pub async fn retry(&self, id: Uuid) -> Result<Job> {
-        let done =
-            on_db!(&self.db, |pool| {
-                sqlx::query(
+        let done = on_db!(&self.db, |pool| {
+            sqlx::query(
             "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $1, finished_at = NULL, cancel_requested = 0 \
              WHERE id = $2 AND status IN ('dead', 'cancelled')"
         )
@@ -694,8 +692,8 @@ impl Queue {
         .execute(pool)
         .await
         .map(|r| r.rows_affected())
-            })
-            .map_err(|e| db_error("queueing the job again", e))?;
+        })
+        .map_err(|e| db_error("queueing the job again", e))?;
         let job = self.get(id).await?;
         if done == 0 {
             return Err(Error::new(
