@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cloudx_core::config::ConfigLoader;
-use cloudx_core::queue::{Backoff, JobStatus, NewJob, Queue};
+use cloudx_core::queue::{Backoff, Handlers, JobError, JobStatus, NewJob, Queue, Worker, WorkerOptions};
 use cloudx_core::testing::TestPostgres;
 use cloudx_core::{Cloudx, ErrorKind};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 struct Instance {
@@ -49,6 +50,10 @@ conformance!(
     events_in_order_and_only_from_the_holder,
     bad_input_is_refused_by_name,
     follows_the_reference_model,
+    workers_run_every_job_once,
+    heartbeats_keep_a_long_job_and_cancel_reaches_it,
+    handler_errors_retry_or_kill,
+    shutdown_drains_then_releases,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -554,4 +559,185 @@ async fn follows_the_reference_model(postgres: bool) {
     if let Err(e) = result {
         panic!("the queue disagrees with its model: {e}");
     }
+}
+
+// ---- workers ----
+
+fn options(lease: Duration, grace: Duration) -> WorkerOptions {
+    WorkerOptions { concurrency: 4, lease, poll: Duration::from_millis(50), grace }
+}
+
+/// Polls until `done` holds (at most ten seconds).
+async fn until(mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "not done within ten seconds");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn workers_run_every_job_once(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Uuid>::new()));
+    let mut handlers = Handlers::new();
+    let seen = ran.clone();
+    handlers.register("work", move |cx| {
+        let seen = seen.clone();
+        async move {
+            cx.event("progress", json!({"step": 1})).await.map_err(|e| JobError::Retry(e.to_string()))?;
+            seen.lock().unwrap().push(cx.job.id);
+            Ok(json!({"n": cx.job.payload}))
+        }
+    });
+    let stop = CancellationToken::new();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let worker = Worker::new(i.queue.clone(), handlers.clone(), options(LEASE, Duration::from_secs(5)));
+            let stop = stop.clone();
+            tokio::spawn(async move { worker.run(stop).await })
+        })
+        .collect();
+    let me = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        ids.push(i.queue.submit(me, NewJob::new("work", json!(n))).await.unwrap().id);
+    }
+    let q = i.queue.clone();
+    let all = ids.clone();
+    until(async || {
+        for id in &all {
+            if q.get(*id).await.unwrap().status != JobStatus::Succeeded {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    let ran = ran.lock().unwrap().clone();
+    let unique: BTreeSet<_> = ran.iter().collect();
+    assert_eq!((ran.len(), unique.len()), (200, 200), "each job ran exactly once");
+    let job = i.queue.get(ids[7]).await.unwrap();
+    assert_eq!((job.attempts, job.result), (1, Some(json!({"n": 7}))));
+    assert_eq!(i.queue.events(ids[7], 0, 10).await.unwrap().len(), 1);
+}
+
+async fn heartbeats_keep_a_long_job_and_cancel_reaches_it(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let mut handlers = Handlers::new();
+    handlers.register("long", |_cx| async {
+        // Four leases long: only heartbeats keep it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(json!("kept"))
+    });
+    handlers.register("endless", |cx| async move {
+        cx.cancelled().cancelled().await;
+        Err(JobError::Retry("stopped".into()))
+    });
+    let stop = CancellationToken::new();
+    let worker = Worker::new(i.queue.clone(), handlers, options(Duration::from_millis(200), Duration::from_secs(5)));
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let me = Uuid::now_v7();
+    let long = i.queue.submit(me, NewJob::new("long", json!(null))).await.unwrap();
+    let endless = i.queue.submit(me, NewJob::new("endless", json!(null))).await.unwrap();
+    let q = i.queue.clone();
+    until(async || q.get(long.id).await.unwrap().status == JobStatus::Succeeded).await;
+    let done = i.queue.get(long.id).await.unwrap();
+    assert_eq!((done.attempts, done.result), (1, Some(json!("kept"))), "one lease, kept to the end");
+    until(async || q.get(endless.id).await.unwrap().status == JobStatus::Running).await;
+    let asked = std::time::Instant::now();
+    i.queue.cancel(endless.id).await.unwrap();
+    until(async || q.get(endless.id).await.unwrap().status == JobStatus::Cancelled).await;
+    assert!(asked.elapsed() < Duration::from_secs(2), "the cancel reached the handler at its next heartbeat");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+async fn handler_errors_retry_or_kill(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let mut handlers = Handlers::new();
+    handlers.register("flaky", |cx| async move {
+        if cx.attempt() == 1 { Err(JobError::Retry("not yet".into())) } else { Ok(json!(cx.attempt())) }
+    });
+    handlers.register("poison", |_cx| async { Err(JobError::Fatal("the payload cannot be read".into())) });
+    handlers.register("panics", |_cx| async { panic!("a handler bug") });
+    let stop = CancellationToken::new();
+    let worker = Worker::new(i.queue.clone(), handlers, options(LEASE, Duration::from_secs(5)));
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let me = Uuid::now_v7();
+    let flaky = i.queue.submit(me, NewJob::new("flaky", json!(null))).await.unwrap();
+    let poison = i.queue.submit(me, NewJob::new("poison", json!(null))).await.unwrap();
+    let panics =
+        i.queue.submit(me, NewJob { max_attempts: Some(2), ..NewJob::new("panics", json!(null)) }).await.unwrap();
+    let unknown = i.queue.submit(me, NewJob::new("nobody-handles-this", json!(null))).await.unwrap();
+    let q = i.queue.clone();
+    until(async || {
+        q.get(flaky.id).await.unwrap().status.is_finished()
+            && q.get(poison.id).await.unwrap().status.is_finished()
+            && q.get(panics.id).await.unwrap().status.is_finished()
+    })
+    .await;
+    let flaky = i.queue.get(flaky.id).await.unwrap();
+    assert_eq!((flaky.status, flaky.attempts, flaky.result), (JobStatus::Succeeded, 2, Some(json!(2))));
+    let poison = i.queue.get(poison.id).await.unwrap();
+    assert_eq!((poison.status, poison.attempts), (JobStatus::Dead, 1));
+    assert_eq!(poison.last_error.as_deref(), Some("the payload cannot be read"));
+    let panics = i.queue.get(panics.id).await.unwrap();
+    assert_eq!((panics.status, panics.attempts), (JobStatus::Dead, 2));
+    assert_eq!(panics.last_error.as_deref(), Some("the handler panicked"));
+    // A kind this worker has no handler for is left for another worker.
+    assert_eq!(i.queue.get(unknown.id).await.unwrap().status, JobStatus::Queued);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+async fn shutdown_drains_then_releases(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let mut handlers = Handlers::new();
+    handlers.register("quick", |_cx| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(json!("finished in the grace period"))
+    });
+    handlers.register("stuck", |cx| async move {
+        cx.cancelled().cancelled().await;
+        Err(JobError::Retry("stopped".into()))
+    });
+    let stop = CancellationToken::new();
+    let worker = Worker::new(i.queue.clone(), handlers, options(LEASE, Duration::from_millis(400)));
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let me = Uuid::now_v7();
+    let quick = i.queue.submit(me, NewJob::new("quick", json!(null))).await.unwrap();
+    let stuck = i.queue.submit(me, NewJob::new("stuck", json!(null))).await.unwrap();
+    let q = i.queue.clone();
+    until(async || {
+        q.get(quick.id).await.unwrap().status == JobStatus::Running
+            && q.get(stuck.id).await.unwrap().status == JobStatus::Running
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(3));
+    assert_eq!(i.queue.get(quick.id).await.unwrap().status, JobStatus::Succeeded);
+    let stuck = i.queue.get(stuck.id).await.unwrap();
+    assert_eq!(
+        (stuck.status, stuck.attempts, stuck.max_attempts),
+        (JobStatus::Queued, 1, 4),
+        "released: the attempt not counted"
+    );
+    // Another worker takes it.
+    let lease = i.queue.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().remove(0);
+    assert_eq!((lease.job.id, lease.attempt), (stuck.id, 2));
 }

@@ -10,6 +10,8 @@
 //!
 //! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
 
+mod worker;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ use uuid::Uuid;
 
 use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
+
+pub use self::worker::{Handlers, JobContext, JobError, Worker, WorkerOptions};
 
 /// The Postgres channel on which submissions wake workers.
 const CHANNEL: &str = "cloudx_jobs";
@@ -643,6 +647,35 @@ impl Queue {
             self.wake_workers().await;
         }
         Ok(job)
+    }
+
+    /// Gives a job back without it costing an attempt (a worker shutting down): it is queued
+    /// again at once, for another worker. Its attempts still count the lease, which keeps the
+    /// fence: one more attempt is allowed instead.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost.
+    pub async fn release(&self, lease: &Lease) -> Result<Job> {
+        let done = on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET \
+               status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' ELSE 'queued' END, \
+               finished_at = CASE WHEN cancel_requested <> 0 THEN $1 ELSE NULL END, \
+               max_attempts = max_attempts + 1, run_at = $1, lease_until = NULL, worker_id = NULL \
+             WHERE id = $2 AND status = 'running' AND worker_id = $3 AND attempts = $4"
+        )
+        .bind(now_us())
+        .bind(lease.job.id)
+        .bind(lease.worker)
+        .bind(i64::from(lease.attempt))
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| db_error("releasing the job", e))?;
+        if done == 0 {
+            return Err(Self::lost(lease));
+        }
+        self.wake_workers().await;
+        self.get(lease.job.id).await
     }
 
     /// Cancels a job: a queued one at once; a running one is marked, its worker learns it at

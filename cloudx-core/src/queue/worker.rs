@@ -1,0 +1,279 @@
+//! Workers: claim jobs, run their kind's handler with the lease kept by heartbeats, and record
+//! how each ended.
+//!
+//! A handler gets a [`JobContext`] (the job, events, a cancellation token) and answers with a
+//! result, or a [`JobError`] that says whether trying again makes sense. The worker stops its
+//! handler (through the token) when the job is cancelled or the lease is lost, and on shutdown
+//! stops claiming, lets running jobs finish within a grace period, then cancels and releases
+//! what is left so that another worker takes it without it costing an attempt.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Job, Lease, Queue};
+use crate::error::{ErrorKind, Result};
+
+/// Why a handler did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Worth another attempt (a network error, a busy service): the job is queued again after
+    /// a backoff while it has attempts left.
+    Retry(String),
+    /// Not worth another attempt (a payload that cannot be read, a missing project): the job is
+    /// dead at once.
+    Fatal(String),
+}
+
+/// What a handler gets.
+pub struct JobContext {
+    /// The job (as it was when leased).
+    pub job: Job,
+    lease: Lease,
+    queue: Queue,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext").field("job", &self.job.id).field("attempt", &self.lease.attempt).finish()
+    }
+}
+
+impl JobContext {
+    /// Appends an event (progress, a log line, output) to the job; readable at once by anyone
+    /// who may see the job.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost (the handler should stop).
+    pub async fn event(&self, kind: &str, data: serde_json::Value) -> Result<i64> {
+        self.queue.append_event(&self.lease, kind, data).await
+    }
+
+    /// Fires when the handler must stop: the job was cancelled, its lease was lost, or the
+    /// worker is shutting down and the grace period is over.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Which attempt this is (from 1).
+    pub fn attempt(&self) -> u32 {
+        self.lease.attempt
+    }
+}
+
+type Output = std::result::Result<serde_json::Value, JobError>;
+type Handler = Arc<dyn Fn(JobContext) -> Pin<Box<dyn Future<Output = Output> + Send>> + Send + Sync>;
+
+/// The handlers of a worker, by job kind.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_kind: HashMap<String, Handler>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handlers").field("kinds", &self.kinds()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for jobs of `kind` (replacing any other).
+    pub fn register<F, Fut>(&mut self, kind: impl Into<String>, handler: F) -> &mut Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Output> + Send + 'static,
+    {
+        self.by_kind.insert(kind.into(), Arc::new(move |cx| Box::pin(handler(cx))));
+        self
+    }
+
+    /// The kinds there is a handler for, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.by_kind.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+}
+
+/// How a worker works.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// How long a lease lasts; heartbeats renew it every third of that.
+    pub lease: Duration,
+    /// The longest wait for work between claims when nothing wakes the worker (another
+    /// process's submissions on SQLite are only seen this way).
+    pub poll: Duration,
+    /// On shutdown, how long running jobs may take to finish before they are cancelled and
+    /// released.
+    pub grace: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A worker: an id (fencing its leases) and what it runs.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    id: Uuid,
+    queue: Queue,
+    handlers: Handlers,
+    options: WorkerOptions,
+}
+
+impl Worker {
+    /// A worker of `queue` running `handlers`' kinds.
+    pub fn new(queue: Queue, handlers: Handlers, options: WorkerOptions) -> Self {
+        Self { id: Uuid::now_v7(), queue, handlers, options }
+    }
+
+    /// The worker's id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Works until `shutdown` fires: claims as many jobs as it has free slots, runs them, and
+    /// waits for work in between. Then stops claiming, lets running jobs finish for the grace
+    /// period, cancels those still running and releases them (queued again, the attempt not
+    /// counted), and returns.
+    ///
+    /// # Errors
+    /// Only when the database fails repeatedly; a handler's failure is the job's.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let kinds = self.handlers.kinds();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
+        let stop_jobs = CancellationToken::new();
+        let mut running = tokio::task::JoinSet::new();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = running.join_next() => continue,
+                }
+            }
+            let leases = match self.queue.claim(self.id, &kinds, free, self.options.lease).await {
+                Ok(leases) => {
+                    failures = 0;
+                    leases
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, worker = %self.id, "cannot claim jobs; trying again");
+                    if failures >= 30 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                    continue;
+                }
+            };
+            if leases.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.queue.wait(self.options.poll) => {}
+                    _ = running.join_next(), if !running.is_empty() => {}
+                }
+                continue;
+            }
+            for lease in leases {
+                let permit = slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
+                let (queue, handlers, options, stop) =
+                    (self.queue.clone(), self.handlers.clone(), self.options.clone(), stop_jobs.child_token());
+                running.spawn(async move {
+                    run_one(queue, handlers, options, lease, stop).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Shutting down: no more claims; the running jobs get the grace period.
+        let drained =
+            tokio::time::timeout(self.options.grace, async { while running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::info!(worker = %self.id, jobs = running.len(), "grace period over: cancelling and releasing the running jobs");
+            stop_jobs.cancel();
+            while running.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs one leased job to its end, keeping the lease, and records the end.
+async fn run_one(queue: Queue, handlers: Handlers, options: WorkerOptions, lease: Lease, stop: CancellationToken) {
+    let Some(handler) = handlers.by_kind.get(&lease.job.kind).cloned() else {
+        let _ = queue.fail(&lease, &format!("no handler for jobs of kind `{}`", lease.job.kind), false).await;
+        return;
+    };
+    let cancel = CancellationToken::new();
+    let cx = JobContext { job: lease.job.clone(), lease: lease.clone(), queue: queue.clone(), cancel: cancel.clone() };
+    let work = tokio::spawn(handler(cx));
+    let abort = work.abort_handle();
+    let mut beat = tokio::time::interval(options.lease / 3);
+    beat.tick().await;
+    // Why the handler was stopped, if it was.
+    let mut stopped: Option<Stop> = None;
+    tokio::pin!(work);
+    let output = loop {
+        tokio::select! {
+            joined = &mut work => break joined,
+            _ = beat.tick() => match queue.heartbeat(&lease, options.lease).await {
+                Ok(h) if h.cancel_requested && stopped.is_none() => {
+                    stopped = Some(Stop::Cancelled);
+                    cancel.cancel();
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    // Someone else holds the job now: nothing of ours may be recorded.
+                    cancel.cancel();
+                    abort.abort();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, job = %lease.job.id, "a heartbeat failed; the lease may run out"),
+            },
+            () = stop.cancelled(), if stopped.is_none() => {
+                stopped = Some(Stop::Shutdown);
+                cancel.cancel();
+            }
+        }
+    };
+    let recorded = match (stopped, output) {
+        (Some(Stop::Shutdown), _) => queue.release(&lease).await.map(drop),
+        (Some(Stop::Cancelled), _) => queue.fail(&lease, "cancelled", false).await.map(drop),
+        (None, Ok(Ok(result))) => queue.complete(&lease, result).await.map(drop),
+        (None, Ok(Err(JobError::Retry(message)))) => queue.fail(&lease, &message, true).await.map(drop),
+        (None, Ok(Err(JobError::Fatal(message)))) => queue.fail(&lease, &message, false).await.map(drop),
+        (None, Err(e)) => {
+            let message = if e.is_panic() { "the handler panicked" } else { "the handler was stopped" };
+            queue.fail(&lease, message, true).await.map(drop)
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, job = %lease.job.id, "cannot record how a job ended");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cancelled,
+    Shutdown,
+}
