@@ -60,6 +60,10 @@ struct Secrets {
     invite_id: Uuid,
     /// A project the member owns.
     own_project: Uuid,
+    /// A queued job of the member's project, one of the viewed project, and a dead one there.
+    own_job: Uuid,
+    viewed_job: Uuid,
+    dead_job: Uuid,
     /// The administrator's project, shared with the member as a viewer.
     viewed_project: Uuid,
     /// The administrator's project, not shared with the member.
@@ -135,6 +139,24 @@ impl Template {
             .set_member(&admin_principal, &client, projects[1], "member@example.com", cloudx_core::ProjectRole::Viewer)
             .await
             .unwrap();
+        let queue = cx.queue();
+        let job = |project: Uuid| cloudx_core::queue::NewJob {
+            project: Some(project),
+            ..cloudx_core::queue::NewJob::new("sandbox_exec", serde_json::json!({"argv": ["true"]}))
+        };
+        let own_job = queue.submit(member.id, job(projects[0])).await.unwrap().id;
+        let viewed_job = queue.submit(admin.id, job(projects[1])).await.unwrap().id;
+        let dead_job = queue
+            .submit(
+                admin.id,
+                cloudx_core::queue::NewJob { max_attempts: Some(1), kind: "dead".into(), ..job(projects[1]) },
+            )
+            .await
+            .unwrap()
+            .id;
+        let lease =
+            queue.claim(Uuid::now_v7(), &["dead".to_owned()], 1, std::time::Duration::from_secs(60)).await.unwrap();
+        queue.fail(&lease[0], "failed for the matrix", false).await.unwrap();
         // Closing checkpoints the WAL: the database is then one file to copy.
         cx.close().await;
         let secrets = Secrets {
@@ -150,6 +172,9 @@ impl Template {
             invite,
             invite_id,
             own_project: projects[0],
+            own_job,
+            viewed_job,
+            dead_job,
             viewed_project: projects[1],
             other_project: projects[2],
         };
@@ -571,6 +596,58 @@ fn matrix() -> Vec<Row> {
             "/api/v1/projects/{project}/exec",
             |f| (format!("/api/v1/projects/{}/exec", f.viewed_project), Some(json!({"argv": ["true"]}))),
             [401, 403, 200, 403, 200],
+        ),
+        // Jobs: members read their projects' jobs, editors and owners submit and cancel,
+        // administrators list everything and queue dead jobs again.
+        row(
+            M::POST,
+            "/api/v1/jobs",
+            |f| (plain("/api/v1/jobs").0, Some(json!({"kind": "sandbox_exec", "project": f.own_project}))),
+            [401, 201, 201, 403, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/jobs",
+            |f| (plain("/api/v1/jobs").0, Some(json!({"kind": "sandbox_exec", "project": f.viewed_project}))),
+            [401, 403, 201, 403, 201],
+        ),
+        row(
+            M::GET,
+            "/api/v1/jobs",
+            |f| plain(&format!("/api/v1/jobs?project={}", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(M::GET, "/api/v1/jobs", |_| plain("/api/v1/jobs"), [401, 400, 200, 400, 400]),
+        row(
+            M::GET,
+            "/api/v1/jobs/{id}",
+            |f| plain(&format!("/api/v1/jobs/{}", f.viewed_job)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(M::GET, "/api/v1/jobs/{id}", |f| plain(&format!("/api/v1/jobs/{}", f.own_job)), [401, 200, 200, 200, 404]),
+        row(
+            M::GET,
+            "/api/v1/jobs/{id}/events",
+            |f| plain(&format!("/api/v1/jobs/{}/events?after=0", f.viewed_job)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/jobs/{id}/cancel",
+            |f| plain(&format!("/api/v1/jobs/{}/cancel", f.own_job)),
+            [401, 200, 200, 403, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/jobs/{id}/cancel",
+            |f| plain(&format!("/api/v1/jobs/{}/cancel", f.viewed_job)),
+            [401, 403, 200, 403, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/jobs/{id}/retry",
+            |f| plain(&format!("/api/v1/jobs/{}/retry", f.dead_job)),
+            [401, 403, 200, 403, 403],
         ),
     ]
 }

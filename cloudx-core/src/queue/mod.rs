@@ -10,6 +10,7 @@
 //!
 //! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
 
+mod jobs;
 mod worker;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ impl JobStatus {
 /// A job to submit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewJob {
     /// The handler that runs it (`sandbox_exec`, `test_runner`, ...).
     pub kind: String,
@@ -111,6 +113,25 @@ impl NewJob {
             idempotency_key: None,
         }
     }
+}
+
+/// Which jobs to list (newest first).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct JobFilter {
+    /// Only this project's.
+    #[serde(default)]
+    pub project: Option<Uuid>,
+    /// Only this kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Only in this state.
+    #[serde(default)]
+    pub status: Option<JobStatus>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 /// A job as stored.
@@ -354,6 +375,15 @@ impl Queue {
     /// [`ErrorKind::InvalidInput`] for an empty kind, a key longer than 200 characters or
     /// more than 100 attempts.
     pub async fn submit(&self, created_by: Uuid, new: NewJob) -> Result<Job> {
+        self.submit_new(created_by, new).await.map(|(job, _)| job)
+    }
+
+    /// As [`submit`](Self::submit), also saying whether the job is new (`false`: the job of an
+    /// earlier submission with the same idempotency key).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn submit_new(&self, created_by: Uuid, new: NewJob) -> Result<(Job, bool)> {
         let kind = new.kind.trim();
         if kind.is_empty() || kind.len() > 100 {
             return Err(Error::invalid("kind: give the job's kind (at most 100 characters)"));
@@ -399,10 +429,10 @@ impl Queue {
             let row: Row =
                 on_db!(&self.db, |pool| sqlx::query_as(sql).bind(created_by).bind(key).fetch_one(pool).await)
                     .map_err(|e| db_error("reading the job of the first submission", e))?;
-            return job(row);
+            return Ok((job(row)?, false));
         }
         self.wake_workers().await;
-        self.get(id).await
+        Ok((self.get(id).await?, true))
     }
 
     /// Tells waiting workers that there is work: this process's at once, others' through
@@ -464,6 +494,29 @@ impl Queue {
         let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(sql).bind(id).fetch_optional(pool).await)
             .map_err(|e| db_error("reading the job", e))?;
         row.map(job).transpose()?.ok_or_else(|| Error::not_found(format!("no job {id}")))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR kind = $2) \
+             AND ($3 IS NULL OR status = $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        let rows: Vec<Row> = on_db!(&self.db, |pool| sqlx::query_as(sql)
+            .bind(filter.project)
+            .bind(filter.kind.as_deref())
+            .bind(filter.status.map(JobStatus::as_str))
+            .bind(limit)
+            .fetch_all(pool)
+            .await)
+        .map_err(|e| db_error("listing jobs", e))?;
+        rows.into_iter().map(job).collect()
     }
 
     /// Leases up to `max` claimable jobs of `kinds` (all kinds when empty) to `worker` for

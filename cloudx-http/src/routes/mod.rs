@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod files;
+pub mod jobs;
 pub mod ops;
 pub mod projects;
 pub mod sandbox;
@@ -55,4 +56,5 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(projects::router())
         .merge(files::router())
         .merge(sandbox::router())
+        .merge(jobs::router())
 }
