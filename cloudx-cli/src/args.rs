@@ -31,6 +31,8 @@ pub(crate) struct GlobalArgs {
 pub(crate) enum Command {
     /// Start the HTTP daemon (REST API, metrics) on the configured database.
     Serve(ServeArgs),
+    /// Run jobs from the queue until SIGTERM or Ctrl-C (then finish or release them and exit 0).
+    Worker(WorkerArgs),
     /// Apply pending database migrations, then exit.
     Migrate,
     /// Inspect the configuration.
@@ -364,6 +366,17 @@ pub(crate) enum ApiKeyCommand {
         /// The key's id (from `cloudx apikey list`).
         id: uuid::Uuid,
     },
+}
+
+/// `cloudx worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Jobs run at once (overrides worker.concurrency).
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency: Option<u32>,
+    /// Only these job kinds, comma-separated (default: every kind cloudx runs).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    pub(crate) kinds: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = commands::load_config(&global, |l| l)?;
             commands::sandbox::sandbox(&config, command)
         }
+        Command::Worker(args) => {
+            let config = commands::load_config(&global, |l| match args.concurrency {
+                Some(n) => l.flag("worker.concurrency", "--concurrency", i64::from(n)),
+                None => l,
+            })?;
+            init_logging(config.profile, "info");
+            runtime()?.block_on(commands::worker::run(config, args.kinds))
+        }
         Command::Serve(args) => {
             let config = commands::load_config(&global, |l| match &args.bind {
                 Some(bind) => l.flag("http.bind", "--bind", bind.clone()),

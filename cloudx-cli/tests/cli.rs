@@ -604,3 +604,54 @@ fn run_explain_and_sandbox_check_say_what_protects_a_run() {
     let report = text(&out.stdout);
     assert!(report.contains("ok   user namespaces") && report.contains("the sandbox can run here"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_runs_jobs_and_stops_on_sigterm() {
+    use cloudx_core::queue::{JobStatus, NewJob};
+    let dir = tempfile::tempdir().unwrap();
+    let bad = run(cloudx(dir.path()).args(["worker", "--kinds", "nope"]));
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("cloudx runs no job kind `nope`"), "{}", text(&bad.stderr));
+    // A job submitted on the instance's database, run by a separate worker process.
+    let config = cloudx_core::config::ConfigLoader::new()
+        .env([("CLOUDX_DATA_DIR", dir.path().join("cloudx-data").to_str().unwrap())])
+        .load()
+        .unwrap();
+    add_local_admin(dir.path());
+    let cx = cloudx_core::Cloudx::connect(config).await.unwrap();
+    let system = cloudx_core::Principal::System;
+    let client = cloudx_core::auth::audit::Client::default();
+    let admin = cx.auth().principal_for(&system, "root@example.com").await.unwrap();
+    let project = cx
+        .storage()
+        .create_project(&admin, &client, cloudx_core::storage::NewProject { name: "w".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let mut worker = cloudx(dir.path()).args(["worker", "--concurrency", "2"]).stderr(Stdio::null()).spawn().unwrap();
+    let (job, _) = cx
+        .submit_job(
+            &admin,
+            &client,
+            NewJob {
+                project: Some(project.id),
+                ..NewJob::new("sandbox_exec", serde_json::json!({"argv": ["echo", "from the worker"]}))
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let job = cx.queue().get(job.id).await.unwrap();
+        if job.status.is_finished() {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker did not run the job: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result.unwrap()["outcome"]["stdout"], "from the worker\n");
+    assert!(Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap().success());
+    let status = worker.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    cx.close().await;
+}

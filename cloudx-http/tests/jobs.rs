@@ -92,3 +92,107 @@ async fn jobs_are_submitted_once_read_listed_and_cancelled() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
+    let d = Daemon::start(&[("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"), ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0")]).await;
+    let worker = cloudx_core::queue::Worker::new(
+        d.cx.queue().clone(),
+        d.cx.builtin_handlers(),
+        cloudx_core::queue::WorkerOptions::default(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let (http, token) = session(&d, "ada@example.com").await;
+    let call = |method: M, path: String, body: Option<Value>| {
+        let mut req = http.request(method, d.url(&path)).bearer_auth(&token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    let p: Value =
+        call(M::POST, "/api/v1/projects".into(), Some(json!({"name": "runs"}))).await.unwrap().json().await.unwrap();
+    let p = p["id"].as_str().unwrap().to_owned();
+    let wait_for = |id: String, status: &'static str| {
+        let call = &call;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let job: Value = call(M::GET, format!("/api/v1/jobs/{id}"), None).await.unwrap().json().await.unwrap();
+                if job["status"] == status {
+                    return job;
+                }
+                assert!(std::time::Instant::now() < deadline, "job {id} is still {} ({job})", job["status"]);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // A run on the project's files: its output as events, its changes committed.
+    let payload = json!({"argv": ["sh", "-c", "echo out; echo err >&2; echo made > made.txt"], "commit": true});
+    let job: Value =
+        call(M::POST, "/api/v1/jobs".into(), Some(json!({"kind": "sandbox_exec", "project": p, "payload": payload})))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = wait_for(id.clone(), "succeeded").await;
+    assert_eq!(done["result"]["outcome"]["exit_code"], 0, "{done}");
+    assert_eq!(done["result"]["commit"]["written"], json!(["made.txt"]));
+    let events: Value = call(M::GET, format!("/api/v1/jobs/{id}/events"), None).await.unwrap().json().await.unwrap();
+    let said: Vec<(String, String)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap().to_owned(), e["data"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(
+        said.contains(&("stdout".into(), "out\n".into())) && said.contains(&("stderr".into(), "err\n".into())),
+        "{said:?}"
+    );
+    let file = call(M::GET, format!("/api/v1/projects/{p}/files/made.txt"), None).await.unwrap().text().await.unwrap();
+    assert_eq!(file, "made\n");
+
+    // A payload that is not a run: dead at once, saying why.
+    let bad: Value = call(
+        M::POST,
+        "/api/v1/jobs".into(),
+        Some(json!({"kind": "sandbox_exec", "project": p, "payload": {"cmd": "ls"}})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let dead = wait_for(bad["id"].as_str().unwrap().to_owned(), "dead").await;
+    assert!(dead["last_error"].as_str().unwrap().contains("the payload is not a run"), "{dead}");
+    assert_eq!(dead["attempts"], 1);
+
+    // A long run, cancelled: its sandbox goes at the next heartbeat.
+    let long: Value = call(
+        M::POST,
+        "/api/v1/jobs".into(),
+        Some(json!({"kind": "sandbox_exec", "project": p, "payload": {"argv": ["sleep", "60"]}})),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let long = long["id"].as_str().unwrap().to_owned();
+    wait_for(long.clone(), "running").await;
+    let asked = std::time::Instant::now();
+    call(M::POST, format!("/api/v1/jobs/{long}/cancel"), None).await.unwrap();
+    wait_for(long.clone(), "cancelled").await;
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5), "cancelled in {:?}", asked.elapsed());
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    d.stop().await.unwrap();
+}

@@ -8,6 +8,7 @@ pub(crate) mod serve;
 pub(crate) mod sync;
 pub(crate) mod target;
 pub(crate) mod users;
+pub(crate) mod worker;
 
 use anyhow::Context as _;
 use cloudx_core::CloudxConfig;

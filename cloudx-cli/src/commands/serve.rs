@@ -33,12 +33,31 @@ pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
+    // The embedded worker pool (worker.embedded): stops after the HTTP server, finishing or
+    // releasing its running jobs within worker.grace.
+    let stop_worker = tokio_util::sync::CancellationToken::new();
+    let worker = if cx.config().worker.embedded {
+        let worker = super::worker::worker(&cx, &[])?;
+        tracing::info!(worker = %worker.id(), concurrency = cx.config().worker.concurrency, "embedded worker started");
+        let stop = stop_worker.clone();
+        Some(tokio::spawn(async move { worker.run(stop).await }))
+    } else {
+        None
+    };
     let result = server
         .run(async {
             cloudx_http::shutdown_signal().await;
             let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
         })
         .await;
+    stop_worker.cancel();
+    if let Some(worker) = worker {
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the embedded worker failed"),
+            Err(e) => tracing::error!(error = %e, "the embedded worker's task failed"),
+        }
+    }
     cx.close().await;
     result.context("the server failed")?;
     tracing::info!("stopped");

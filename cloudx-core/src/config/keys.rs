@@ -130,6 +130,7 @@ pub const KEYS: &[KeySpec] = &[
     key("llm.max_retries", Integer, "4"),
     key("worker.embedded", Bool, "true"),
     key("worker.concurrency", Integer, "4"),
+    key("worker.grace", Duration, "30s"),
 ];
 
 /// The key spec for a dotted key.

@@ -583,11 +583,15 @@ pub struct WorkerConfig {
     pub embedded: bool,
     /// How many jobs one worker process runs at once.
     pub concurrency: u32,
+    /// On shutdown, how long running jobs may take to finish before they are cancelled and
+    /// released to another worker.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { embedded: true, concurrency: 4 }
+        Self { embedded: true, concurrency: 4, grace: Duration::from_secs(30) }
     }
 }
 

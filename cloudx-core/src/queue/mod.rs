@@ -10,6 +10,7 @@
 //!
 //! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
 
+mod handlers;
 mod jobs;
 mod worker;
 

@@ -98,6 +98,14 @@ impl Handlers {
         self
     }
 
+    /// Copies `other`'s handler of `kind`, if it has one.
+    pub fn merge_from(&mut self, other: &Handlers, kind: &str) -> &mut Self {
+        if let Some(handler) = other.by_kind.get(kind) {
+            self.by_kind.insert(kind.to_owned(), handler.clone());
+        }
+        self
+    }
+
     /// The kinds there is a handler for, sorted.
     pub fn kinds(&self) -> Vec<String> {
         let mut kinds: Vec<String> = self.by_kind.keys().cloned().collect();
@@ -111,7 +119,8 @@ impl Handlers {
 pub struct WorkerOptions {
     /// Jobs run at once.
     pub concurrency: usize,
-    /// How long a lease lasts; heartbeats renew it every third of that.
+    /// How long a lease lasts; heartbeats renew it every third of that (at least every two
+    /// seconds, which is also how soon a cancel reaches a running job).
     pub lease: Duration,
     /// The longest wait for work between claims when nothing wakes the worker (another
     /// process's submissions on SQLite are only seen this way).
@@ -119,6 +128,17 @@ pub struct WorkerOptions {
     /// On shutdown, how long running jobs may take to finish before they are cancelled and
     /// released.
     pub grace: Duration,
+}
+
+impl WorkerOptions {
+    /// The options a `[worker]` configuration section gives.
+    pub fn from_config(config: &crate::config::WorkerConfig) -> Self {
+        Self {
+            concurrency: usize::try_from(config.concurrency).unwrap_or(1).max(1),
+            grace: config.grace,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for WorkerOptions {
@@ -228,7 +248,9 @@ async fn run_one(queue: Queue, handlers: Handlers, options: WorkerOptions, lease
     let cx = JobContext { job: lease.job.clone(), lease: lease.clone(), queue: queue.clone(), cancel: cancel.clone() };
     let work = tokio::spawn(handler(cx));
     let abort = work.abort_handle();
-    let mut beat = tokio::time::interval(options.lease / 3);
+    // Every third of the lease, and at least every two seconds: a cancel is seen at the next
+    // heartbeat.
+    let mut beat = tokio::time::interval((options.lease / 3).min(Duration::from_secs(2)));
     beat.tick().await;
     // Why the handler was stopped, if it was.
     let mut stopped: Option<Stop> = None;

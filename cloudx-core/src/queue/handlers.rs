@@ -1,0 +1,83 @@
+//! The job kinds cloudx runs itself.
+//!
+//! - `sandbox_exec`: a command on a project version in the sandbox, under the project's policy,
+//!   as the account that submitted the job (with the rights it has when the job runs). The
+//!   payload is a [`ProjectExec`]; stdout and stderr stream as `stdout` / `stderr` events; the
+//!   result is the [`ProjectRun`](crate::sandbox::ProjectRun) (how the command ended, what it
+//!   committed). A cancelled job kills its sandbox.
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Handlers, JobContext, JobError};
+use crate::auth::audit::Client;
+use crate::cloudx::Cloudx;
+use crate::error::{Error, ErrorKind};
+use crate::principal::{Principal, Role};
+use crate::sandbox::{OutputChunk, ProjectExec};
+
+impl Cloudx {
+    /// Handlers for the job kinds cloudx runs itself (`sandbox_exec`); an embedding program
+    /// adds its own with [`Handlers::register`].
+    pub fn builtin_handlers(&self) -> Handlers {
+        let mut handlers = Handlers::new();
+        let cx = self.clone();
+        handlers.register("sandbox_exec", move |job| sandbox_exec(cx.clone(), job));
+        handlers
+    }
+}
+
+/// Whether trying again could help with `e`.
+fn job_error(e: &Error) -> JobError {
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::RateLimited => {
+            JobError::Retry(e.message().to_owned())
+        }
+        _ => JobError::Fatal(e.message().to_owned()),
+    }
+}
+
+/// The account that submitted a job, as a principal with its current role.
+async fn submitter(cx: &Cloudx, id: Uuid) -> Result<Principal, JobError> {
+    if id.is_nil() {
+        return Ok(Principal::System);
+    }
+    let user = cx.auth().me(&Principal::user(id, Role::Member)).await.map_err(|e| job_error(&e))?;
+    if user.disabled {
+        return Err(JobError::Fatal(format!("the account that submitted the job ({}) is disabled", user.email)));
+    }
+    Ok(Principal::user(user.id, user.role))
+}
+
+async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, JobError> {
+    let project = job.job.project.ok_or_else(|| JobError::Fatal("the job names no project".into()))?;
+    let request: ProjectExec = serde_json::from_value(job.job.payload.clone())
+        .map_err(|e| JobError::Fatal(format!("the payload is not a run (argv, env, cwd, limits, commit, ...): {e}")))?;
+    let actor = submitter(&cx, job.job.created_by).await?;
+    let client = Client::new(None, Some("cloudx worker"));
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let run = cx.exec_in_project(&actor, &client, project, request, None, Some(tx));
+    tokio::pin!(run);
+    let send = async |chunk: OutputChunk| {
+        let (kind, bytes) = match chunk {
+            OutputChunk::Stdout(b) => ("stdout", b),
+            OutputChunk::Stderr(b) => ("stderr", b),
+        };
+        // A lost lease shows here too; the worker then stops this handler.
+        let _ = job.event(kind, json!(String::from_utf8_lossy(&bytes))).await;
+    };
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Some(chunk) = rx.recv() => send(chunk).await,
+            // Dropping the run ends its sandbox.
+            () = job.cancelled().cancelled() => return Err(JobError::Retry("stopped".into())),
+        }
+    };
+    while let Ok(chunk) = rx.try_recv() {
+        send(chunk).await;
+    }
+    let run = result.map_err(|e| job_error(&e))?;
+    serde_json::to_value(&run).map_err(|e| JobError::Fatal(format!("the run's outcome cannot be stored: {e}")))
+}
