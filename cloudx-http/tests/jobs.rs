@@ -191,6 +191,18 @@ async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
     call(M::POST, format!("/api/v1/jobs/{long}/cancel"), None).await.unwrap();
     wait_for(long.clone(), "cancelled").await;
     assert!(asked.elapsed() < std::time::Duration::from_secs(5), "cancelled in {:?}", asked.elapsed());
+    // And its sandbox is gone: no `sleep 60` left on the host.
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x0060\x00")))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sleeping() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!sleeping(), "the cancelled job's sandbox still runs");
 
     stop.cancel();
     running.await.unwrap().unwrap();

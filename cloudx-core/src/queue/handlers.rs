@@ -59,25 +59,43 @@ async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
     let run = cx.exec_in_project(&actor, &client, project, request, None, Some(tx));
     tokio::pin!(run);
-    let send = async |chunk: OutputChunk| {
-        let (kind, bytes) = match chunk {
-            OutputChunk::Stdout(b) => ("stdout", b),
-            OutputChunk::Stderr(b) => ("stderr", b),
-        };
-        // A lost lease shows here too; the worker then stops this handler.
-        let _ = job.event(kind, json!(String::from_utf8_lossy(&bytes))).await;
+    // Output becomes text events; a character split between two chunks waits for its end.
+    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut send = async |chunk: Option<OutputChunk>| {
+        for (i, kind) in ["stdout", "stderr"].into_iter().enumerate() {
+            let buf = &mut pending[i];
+            match &chunk {
+                Some(OutputChunk::Stdout(b)) if i == 0 => buf.extend_from_slice(b),
+                Some(OutputChunk::Stderr(b)) if i == 1 => buf.extend_from_slice(b),
+                Some(_) => continue,
+                None => {}
+            }
+            let whole = match std::str::from_utf8(buf) {
+                Ok(_) => buf.len(),
+                // An incomplete character at the end (not an invalid one): kept for later.
+                Err(e) if e.error_len().is_none() && chunk.is_some() => e.valid_up_to(),
+                Err(_) => buf.len(),
+            };
+            if whole == 0 {
+                continue;
+            }
+            let text: Vec<u8> = buf.drain(..whole).collect();
+            // A lost lease shows here too; the worker then stops this handler.
+            let _ = job.event(kind, json!(String::from_utf8_lossy(&text))).await;
+        }
     };
     let result = loop {
         tokio::select! {
             result = &mut run => break result,
-            Some(chunk) = rx.recv() => send(chunk).await,
+            Some(chunk) = rx.recv() => send(Some(chunk)).await,
             // Dropping the run ends its sandbox.
             () = job.cancelled().cancelled() => return Err(JobError::Retry("stopped".into())),
         }
     };
     while let Ok(chunk) = rx.try_recv() {
-        send(chunk).await;
+        send(Some(chunk)).await;
     }
+    send(None).await;
     let run = result.map_err(|e| job_error(&e))?;
     serde_json::to_value(&run).map_err(|e| JobError::Fatal(format!("the run's outcome cannot be stored: {e}")))
 }

@@ -351,6 +351,8 @@ fn job(row: Row) -> Result<Job> {
 
 /// The most attempts a job may ask for.
 const MAX_ATTEMPTS: u32 = 100;
+/// Attempts of a job that names none, and what a retry gives a dead job.
+const DEFAULT_ATTEMPTS: u32 = 3;
 
 impl Queue {
     /// The queue over `db`.
@@ -389,7 +391,7 @@ impl Queue {
         if kind.is_empty() || kind.len() > 100 {
             return Err(Error::invalid("kind: give the job's kind (at most 100 characters)"));
         }
-        let max_attempts = new.max_attempts.unwrap_or(3);
+        let max_attempts = new.max_attempts.unwrap_or(DEFAULT_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
             return Err(Error::invalid(format!("max_attempts: from 1 to {MAX_ATTEMPTS}")));
         }
@@ -430,7 +432,17 @@ impl Queue {
             let row: Row =
                 on_db!(&self.db, |pool| sqlx::query_as(sql).bind(created_by).bind(key).fetch_one(pool).await)
                     .map_err(|e| db_error("reading the job of the first submission", e))?;
-            return Ok((job(row)?, false));
+            let first = job(row)?;
+            if first.project != new.project || first.kind != kind {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "idempotency_key: `{key}` was used for job {} (a {} job of another project or kind); use another key",
+                        first.id, first.kind
+                    ),
+                ));
+            }
+            return Ok((first, false));
         }
         self.wake_workers().await;
         Ok((self.get(id).await?, true))
@@ -732,8 +744,9 @@ impl Queue {
         self.get(lease.job.id).await
     }
 
-    /// Cancels a job: a queued one at once; a running one is marked, its worker learns it at
-    /// its next heartbeat and stops (it ends cancelled when the worker answers).
+    /// Cancels a job: a queued one at once (and a running one whose worker stopped answering);
+    /// a running one is marked, its worker learns it at its next heartbeat and stops (it ends
+    /// cancelled when the worker answers).
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] for no such job, [`ErrorKind::Conflict`] for one that ended
@@ -742,8 +755,9 @@ impl Queue {
         let now = now_us();
         on_db!(&self.db, |pool| sqlx::query(
             "UPDATE jobs SET \
-               status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END, \
-               finished_at = CASE WHEN status = 'queued' THEN $1 ELSE finished_at END, \
+               status = CASE WHEN status = 'queued' OR lease_until < $1 THEN 'cancelled' ELSE status END, \
+               finished_at = CASE WHEN status = 'queued' OR lease_until < $1 THEN $1 ELSE finished_at END, \
+               lease_until = CASE WHEN lease_until < $1 THEN NULL ELSE lease_until END, \
                cancel_requested = 1 \
              WHERE id = $2 AND status IN ('queued', 'running')"
         )
@@ -763,7 +777,8 @@ impl Queue {
         }
     }
 
-    /// Queues a dead or cancelled job again, with its attempts counted from zero.
+    /// Queues a dead or cancelled job again, with three more attempts on top of those it used
+    /// (which keep counting: they fence late answers of earlier leases).
     ///
     /// # Errors
     /// [`ErrorKind::NotFound`] for no such job, [`ErrorKind::Conflict`] for one that is not
@@ -771,14 +786,16 @@ impl Queue {
     pub async fn retry(&self, id: Uuid) -> Result<Job> {
         let done = on_db!(&self.db, |pool| {
             sqlx::query(
-            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $1, finished_at = NULL, cancel_requested = 0 \
-             WHERE id = $2 AND status IN ('dead', 'cancelled')"
-        )
-        .bind(now_us())
-        .bind(id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
+                "UPDATE jobs SET status = 'queued', max_attempts = attempts + $1, run_at = $2, finished_at = NULL, \
+               cancel_requested = 0 \
+             WHERE id = $3 AND status IN ('dead', 'cancelled')",
+            )
+            .bind(i64::from(DEFAULT_ATTEMPTS))
+            .bind(now_us())
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
         })
         .map_err(|e| db_error("queueing the job again", e))?;
         let job = self.get(id).await?;
@@ -799,18 +816,22 @@ impl Queue {
     pub async fn append_event(&self, lease: &Lease, kind: &str, data: serde_json::Value) -> Result<i64> {
         let data = serde_json::to_string(&data).map_err(|e| Error::internal("cannot store the event", e))?;
         let (id, worker, attempt, at) = (lease.job.id, lease.worker, i64::from(lease.attempt), now_us());
+        // On Postgres the job's row is locked, so that no claim or expiry slips in between the
+        // fence and the insert (SQLite's write transaction excludes them already).
+        let fence = match &self.db {
+            Database::Postgres(_) => {
+                "SELECT attempts FROM jobs WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3 FOR UPDATE"
+            }
+            Database::Sqlite(_) => {
+                "SELECT attempts FROM jobs WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3"
+            }
+        };
         macro_rules! append {
             ($tx:expr) => {
                 async {
                     let mut tx = $tx;
-                    let holds: Option<(i64,)> = sqlx::query_as(
-                        "SELECT attempts FROM jobs WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3",
-                    )
-                    .bind(id)
-                    .bind(worker)
-                    .bind(attempt)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    let holds: Option<(i64,)> =
+                        sqlx::query_as(fence).bind(id).bind(worker).bind(attempt).fetch_optional(&mut *tx).await?;
                     if holds.is_none() {
                         return Ok(None);
                     }

@@ -181,6 +181,10 @@ impl Worker {
     /// Only when the database fails repeatedly; a handler's failure is the job's.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let kinds = self.handlers.kinds();
+        if kinds.is_empty() {
+            // (An empty list of kinds claims every kind: each job would die for want of a handler.)
+            return Err(crate::error::Error::invalid("a worker needs at least one handler"));
+        }
         let slots = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
         let stop_jobs = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
@@ -199,12 +203,14 @@ impl Worker {
                     leases
                 }
                 Err(e) => {
+                    // The database is away: keep the running jobs, and try again (never give
+                    // up: a worker that quits leaves its daemon accepting jobs nobody runs).
                     failures += 1;
-                    tracing::warn!(error = %e, worker = %self.id, "cannot claim jobs; trying again");
-                    if failures >= 30 {
-                        return Err(e);
+                    tracing::warn!(error = %e, worker = %self.id, failures, "cannot claim jobs; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))) => {}
                     }
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
                     continue;
                 }
             };
@@ -232,9 +238,29 @@ impl Worker {
         if drained.is_err() {
             tracing::info!(worker = %self.id, jobs = running.len(), "grace period over: cancelling and releasing the running jobs");
             stop_jobs.cancel();
-            while running.join_next().await.is_some() {}
+            let released =
+                tokio::time::timeout(STOP_WAIT, async { while running.join_next().await.is_some() {} }).await;
+            if released.is_err() {
+                // Handlers that ignore their token: aborted; their jobs come back when their
+                // leases run out.
+                tracing::warn!(worker = %self.id, jobs = running.len(), "handlers did not stop when asked: aborting them");
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
         }
         Ok(())
+    }
+}
+
+/// How long cancelled handlers get to stop before they are aborted.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped: a handler never outlives the worker task that watches it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -248,6 +274,7 @@ async fn run_one(queue: Queue, handlers: Handlers, options: WorkerOptions, lease
     let cx = JobContext { job: lease.job.clone(), lease: lease.clone(), queue: queue.clone(), cancel: cancel.clone() };
     let work = tokio::spawn(handler(cx));
     let abort = work.abort_handle();
+    let _guard = AbortOnDrop(work.abort_handle());
     // Every third of the lease, and at least every two seconds: a cancel is seen at the next
     // heartbeat.
     let mut beat = tokio::time::interval((options.lease / 3).min(Duration::from_secs(2)));
@@ -278,19 +305,56 @@ async fn run_one(queue: Queue, handlers: Handlers, options: WorkerOptions, lease
             }
         }
     };
-    let recorded = match (stopped, output) {
-        (Some(Stop::Shutdown), _) => queue.release(&lease).await.map(drop),
-        (Some(Stop::Cancelled), _) => queue.fail(&lease, "cancelled", false).await.map(drop),
-        (None, Ok(Ok(result))) => queue.complete(&lease, result).await.map(drop),
-        (None, Ok(Err(JobError::Retry(message)))) => queue.fail(&lease, &message, true).await.map(drop),
-        (None, Ok(Err(JobError::Fatal(message)))) => queue.fail(&lease, &message, false).await.map(drop),
-        (None, Err(e)) => {
+    // What to record: a result that came is kept, whatever stopped the handler meanwhile.
+    let end = match (output, stopped) {
+        (Ok(Ok(result)), _) => End::Complete(result),
+        (_, Some(Stop::Shutdown)) => End::Release,
+        (_, Some(Stop::Cancelled)) => End::Fail("cancelled".into(), false),
+        (Ok(Err(JobError::Retry(message))), None) => End::Fail(message, true),
+        (Ok(Err(JobError::Fatal(message))), None) => End::Fail(message, false),
+        (Err(e), None) => {
             let message = if e.is_panic() { "the handler panicked" } else { "the handler was stopped" };
-            queue.fail(&lease, message, true).await.map(drop)
+            End::Fail(message.into(), true)
         }
     };
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, job = %lease.job.id, "cannot record how a job ended");
+    record(&queue, &options, &lease, end).await;
+}
+
+/// How a job ended, to record.
+enum End {
+    Complete(serde_json::Value),
+    Fail(String, bool),
+    Release,
+}
+
+/// Records `end`; while the database is away, tries again (keeping the lease meanwhile), so
+/// that a job that ended is not run again for want of its record. A lost lease ends it.
+async fn record(queue: &Queue, options: &WorkerOptions, lease: &Lease, end: End) {
+    let give_up = tokio::time::Instant::now() + options.lease * 4;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let recorded = match &end {
+            End::Complete(result) => queue.complete(lease, result.clone()).await.map(drop),
+            End::Fail(message, retry) => queue.fail(lease, message, *retry).await.map(drop),
+            End::Release => queue.release(lease).await.map(drop),
+        };
+        match recorded {
+            Ok(()) => return,
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                tracing::info!(error = %e, job = %lease.job.id, "the job's end was not recorded: its lease was lost");
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= give_up => {
+                tracing::error!(error = %e, job = %lease.job.id, "cannot record how a job ended; it will run again");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job = %lease.job.id, "cannot record how a job ended yet; trying again");
+                let _ = queue.heartbeat(lease, options.lease).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 

@@ -101,7 +101,7 @@ async fn cancel_job(
     Ok(Json(state.cx.cancel_job(caller.principal(), &caller.client(), id).await?))
 }
 
-/// Queues a dead or cancelled job again, its attempts counted from zero (administrators).
+/// Queues a dead or cancelled job again, with three more attempts (administrators).
 /// Audited.
 #[utoipa::path(
     post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",

@@ -303,14 +303,7 @@ impl Sandbox {
         let name = format!("run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let scratch = Scratch::create(scratch_dir, &name, lease.as_ref().map(|l| l.uid))?;
         let limits = self.inner.settings.defaults.clone();
-        let cgroup = match &self.inner.cgroups {
-            Some(cgroups) => Some(
-                cgroups
-                    .take(&limits)
-                    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
-            ),
-            None => None,
-        };
+        let cgroup = self.take_cgroup(&limits)?;
         let template = ExecSpec::new(["true"]);
         let mut prepared = self.prepare(&template, &limits, &scratch.dir, host)?;
         let root = skeleton(scratch_dir, &prepared.skeleton)?;
@@ -404,6 +397,15 @@ impl Sandbox {
         Ok(outcome)
     }
 
+    /// A cgroup for a run with `limits`, when the host gives cgroups.
+    fn take_cgroup(&self, limits: &EffectiveLimits) -> Result<Option<RunCgroup>> {
+        let Some(cgroups) = &self.inner.cgroups else { return Ok(None) };
+        cgroups
+            .take(limits)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))
+    }
+
     /// Runs `spec` in a sandbox launched for it.
     async fn run_cold(
         &self,
@@ -418,14 +420,7 @@ impl Sandbox {
             Some(_) => None,
             None => Some(Scratch::create(&self.inner.settings.scratch_dir, &name, lease.as_ref().map(|l| l.uid))?),
         };
-        let cgroup = match &self.inner.cgroups {
-            Some(cgroups) => Some(
-                cgroups
-                    .take(&limits)
-                    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot create the run's cgroup: {e}")))?,
-            ),
-            None => None,
-        };
+        let cgroup = self.take_cgroup(&limits)?;
         let workspace = match (&spec.workspace, &scratch) {
             (Some(dir), _) => dir.clone(),
             (None, Some(scratch)) => scratch.dir.clone(),
