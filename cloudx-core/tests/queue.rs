@@ -622,10 +622,15 @@ async fn workers_run_every_job_once(postgres: bool) {
         true
     })
     .await;
+    // Each worker has a row, alive while it works, stopped after.
+    let seen = i.queue.workers().await.unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|w| w.health == "alive" && w.kinds == vec!["work".to_owned()] && w.concurrency == 4));
     stop.cancel();
     for w in workers {
         w.await.unwrap().unwrap();
     }
+    assert!(i.queue.workers().await.unwrap().iter().all(|w| w.health == "stopped" && w.running.is_empty()));
     let ran = ran.lock().unwrap().clone();
     let unique: BTreeSet<_> = ran.iter().collect();
     assert_eq!((ran.len(), unique.len()), (200, 200), "each job ran exactly once");

@@ -187,6 +187,10 @@ async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
     .unwrap();
     let long = long["id"].as_str().unwrap().to_owned();
     wait_for(long.clone(), "running").await;
+    // The administrator sees the worker holding it.
+    let workers: Value = call(M::GET, "/api/v1/workers".into(), None).await.unwrap().json().await.unwrap();
+    assert_eq!(workers[0]["health"], "alive", "{workers}");
+    assert_eq!(workers[0]["running"], json!([long]), "{workers}");
     let asked = std::time::Instant::now();
     call(M::POST, format!("/api/v1/jobs/{long}/cancel"), None).await.unwrap();
     wait_for(long.clone(), "cancelled").await;

@@ -643,6 +643,7 @@ fn matrix() -> Vec<Row> {
             |f| plain(&format!("/api/v1/jobs/{}/cancel", f.viewed_job)),
             [401, 403, 200, 403, 200],
         ),
+        row(M::GET, "/api/v1/workers", |_| plain("/api/v1/workers"), [401, 403, 200, 403, 403]),
         row(
             M::POST,
             "/api/v1/jobs/{id}/retry",

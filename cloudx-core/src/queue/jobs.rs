@@ -102,6 +102,17 @@ impl Cloudx {
         Ok(job)
     }
 
+    /// The workers seen in the last day, with their health and running jobs (administrators).
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for someone who is not an administrator.
+    pub async fn workers(&self, actor: &Principal) -> Result<Vec<super::WorkerInfo>> {
+        if !actor.is_admin() {
+            return Err(Error::new(ErrorKind::PermissionDenied, "only an administrator can see the workers"));
+        }
+        self.queue().workers().await
+    }
+
     async fn audit_job(
         &self,
         actor: &Principal,

@@ -135,6 +135,33 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
+/// A worker, as its row says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerInfo {
+    /// Its id (the one its leases carry).
+    pub id: Uuid,
+    /// Host name and process id.
+    pub name: String,
+    /// The job kinds it runs.
+    pub kinds: Vec<String>,
+    /// Jobs it runs at once.
+    pub concurrency: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// When it stopped, if it said so.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// `alive` (a heartbeat in the last [`WORKER_GONE_AFTER`]), `stopped`, or `gone` (silent).
+    pub health: String,
+    /// The jobs it holds now.
+    pub running: Vec<Uuid>,
+}
+
+/// A worker that has not sent a heartbeat for this long is gone.
+pub const WORKER_GONE_AFTER: Duration = Duration::from_secs(30);
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -507,6 +534,95 @@ impl Queue {
         let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(sql).bind(id).fetch_optional(pool).await)
             .map_err(|e| db_error("reading the job", e))?;
         row.map(job).transpose()?.ok_or_else(|| Error::not_found(format!("no job {id}")))
+    }
+
+    /// Records a worker starting (`name`: host and pid), running `kinds`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn register_worker(&self, id: Uuid, name: &str, kinds: &[String], concurrency: u32) -> Result<()> {
+        let kinds = serde_json::to_string(kinds).map_err(|e| Error::internal("cannot encode the kinds", e))?;
+        let now = now_us();
+        on_db!(&self.db, |pool| sqlx::query(
+            "INSERT INTO workers (id, name, kinds, concurrency, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $5)"
+        )
+        .bind(id)
+        .bind(name)
+        .bind(&kinds)
+        .bind(i64::from(concurrency))
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| db_error("registering the worker", e))
+    }
+
+    /// A worker's heartbeat (`stopped`: its last, on the way out). Rows of workers gone for a
+    /// day are removed on the way.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn worker_heartbeat(&self, id: Uuid, stopped: bool) -> Result<()> {
+        let now = now_us();
+        let day_ago = now - 86_400_000_000;
+        on_db!(&self.db, |pool| async {
+            sqlx::query(
+                "UPDATE workers SET heartbeat_at = $1, stopped_at = CASE WHEN $2 <> 0 THEN $1 ELSE stopped_at END \
+                 WHERE id = $3",
+            )
+            .bind(now)
+            .bind(i64::from(stopped))
+            .bind(id)
+            .execute(pool)
+            .await?;
+            sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1").bind(day_ago).execute(pool).await.map(drop)
+        }
+        .await)
+        .map_err(|e| db_error("recording the worker's heartbeat", e))
+    }
+
+    /// The workers seen in the last day, newest first, with their health and running jobs.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        type WorkerRow = (Uuid, String, String, i64, i64, i64, Option<i64>);
+        let rows: Vec<WorkerRow> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT id, name, kinds, concurrency, started_at, heartbeat_at, stopped_at FROM workers \
+             ORDER BY started_at DESC LIMIT 1000"
+        )
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("listing the workers", e))?;
+        let held: Vec<(Uuid, Uuid)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT worker_id, id FROM jobs WHERE status = 'running' AND worker_id IS NOT NULL"
+        )
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("listing the running jobs", e))?;
+        let now = now_us();
+        let gone = i64::try_from(WORKER_GONE_AFTER.as_micros()).unwrap_or(i64::MAX);
+        rows.into_iter()
+            .map(|(id, name, kinds, concurrency, started_at, heartbeat_at, stopped_at)| {
+                let health = match stopped_at {
+                    Some(_) => "stopped",
+                    None if now - heartbeat_at <= gone => "alive",
+                    None => "gone",
+                };
+                Ok(WorkerInfo {
+                    id,
+                    name,
+                    kinds: serde_json::from_str(&kinds)
+                        .map_err(|e| Error::internal("a worker's kinds cannot be read", e))?,
+                    concurrency: u32::try_from(concurrency).unwrap_or(0),
+                    started_at: time(started_at),
+                    heartbeat_at: time(heartbeat_at),
+                    stopped_at: stopped_at.map(time),
+                    health: health.into(),
+                    running: held.iter().filter(|(w, _)| *w == id).map(|(_, j)| *j).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Jobs matching `filter`, newest first.

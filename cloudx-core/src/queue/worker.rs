@@ -185,6 +185,43 @@ impl Worker {
             // (An empty list of kinds claims every kind: each job would die for want of a handler.)
             return Err(crate::error::Error::invalid("a worker needs at least one handler"));
         }
+        // The worker's row: seen by GET /api/v1/workers, kept fresh by a heartbeat of its own.
+        let name = format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            std::process::id()
+        );
+        let concurrency = u32::try_from(self.options.concurrency).unwrap_or(u32::MAX);
+        if let Err(e) = self.queue.register_worker(self.id, &name, &kinds, concurrency).await {
+            tracing::warn!(error = %e, worker = %self.id, "cannot register the worker; it runs jobs all the same");
+        }
+        let beating = CancellationToken::new();
+        let heartbeat = tokio::spawn({
+            let (queue, id, beating) = (self.queue.clone(), self.id, beating.clone());
+            async move {
+                let mut every = tokio::time::interval(WORKER_HEARTBEAT);
+                loop {
+                    tokio::select! {
+                        () = beating.cancelled() => break,
+                        _ = every.tick() => {
+                            if let Err(e) = queue.worker_heartbeat(id, false).await {
+                                tracing::warn!(error = %e, worker = %id, "cannot record the worker's heartbeat");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let result = self.work(&kinds, shutdown).await;
+        beating.cancel();
+        let _ = heartbeat.await;
+        if let Err(e) = self.queue.worker_heartbeat(self.id, true).await {
+            tracing::warn!(error = %e, worker = %self.id, "cannot record that the worker stopped");
+        }
+        result
+    }
+
+    async fn work(&self, kinds: &[String], shutdown: CancellationToken) -> Result<()> {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
         let stop_jobs = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
@@ -197,7 +234,7 @@ impl Worker {
                     _ = running.join_next() => continue,
                 }
             }
-            let leases = match self.queue.claim(self.id, &kinds, free, self.options.lease).await {
+            let leases = match self.queue.claim(self.id, kinds, free, self.options.lease).await {
                 Ok(leases) => {
                     failures = 0;
                     leases
@@ -251,6 +288,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// How often a worker's row is touched.
+const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How long cancelled handlers get to stop before they are aborted.
 const STOP_WAIT: Duration = Duration::from_secs(5);

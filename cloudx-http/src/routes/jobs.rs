@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob};
+use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,6 +21,21 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(retry_job))
         .routes(routes!(job_events))
+        .routes(routes!(list_workers))
+}
+
+/// The workers seen in the last day: health (`alive`, `stopped`, `gone`), kinds, concurrency,
+/// the jobs each holds, the last heartbeat (administrators).
+#[utoipa::path(
+    get, path = "/api/v1/workers", tag = "jobs",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<WorkerInfo>),
+        (status = 403, description = "Not an administrator", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_workers(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<WorkerInfo>>, ApiError> {
+    Ok(Json(state.cx.workers(caller.principal()).await?))
 }
 
 /// Submits a job to a project (editors and owners; an API key needs `write` and `exec`). With
