@@ -33,8 +33,8 @@ pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
-    // The embedded worker pool (worker.embedded): stops after the HTTP server, finishing or
-    // releasing its running jobs within worker.grace.
+    // The embedded worker pool (worker.embedded): on shutdown it finishes or releases its
+    // running jobs within worker.grace.
     let stop_worker = tokio_util::sync::CancellationToken::new();
     let worker = if cx.config().worker.embedded {
         let worker = super::worker::worker(&cx, &[])?;
@@ -44,10 +44,14 @@ pub(crate) async fn run(config: CloudxConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    // On SIGTERM the worker stops claiming and drains at the same time as the HTTP server, so
+    // that the whole stop takes the longer of the two graces, not their sum.
+    let stopping = stop_worker.clone();
     let result = server
-        .run(async {
+        .run(async move {
             cloudx_http::shutdown_signal().await;
             let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+            stopping.cancel();
         })
         .await;
     stop_worker.cancel();
