@@ -49,6 +49,7 @@ conformance!(
     cancel_queued_and_running,
     events_in_order_and_only_from_the_holder,
     bad_input_is_refused_by_name,
+    finished_jobs_are_deleted_after_the_retention,
     follows_the_reference_model,
     workers_run_every_job_once,
     heartbeats_keep_a_long_job_and_cancel_reaches_it,
@@ -573,7 +574,7 @@ async fn follows_the_reference_model(postgres: bool) {
 // ---- workers ----
 
 fn options(lease: Duration, grace: Duration) -> WorkerOptions {
-    WorkerOptions { concurrency: 4, lease, poll: Duration::from_millis(50), grace }
+    WorkerOptions { concurrency: 4, lease, poll: Duration::from_millis(50), grace, ..WorkerOptions::default() }
 }
 
 /// Polls until `done` holds (at most ten seconds).
@@ -754,4 +755,23 @@ async fn shutdown_drains_then_releases(postgres: bool) {
     // Another worker takes it.
     let lease = i.queue.claim(Uuid::now_v7(), &[], 1, LEASE).await.unwrap().remove(0);
     assert_eq!((lease.job.id, lease.attempt), (stuck.id, 2));
+}
+
+async fn finished_jobs_are_deleted_after_the_retention(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let q = &i.queue;
+    let me = Uuid::now_v7();
+    let done = q.submit(me, NewJob::new("k", json!(1))).await.unwrap();
+    let waiting = q.submit(me, NewJob::new("other", json!(2))).await.unwrap();
+    let lease = q.claim(Uuid::now_v7(), &kinds(&["k"]), 1, LEASE).await.unwrap().remove(0);
+    q.append_event(&lease, "log", json!("x")).await.unwrap();
+    q.complete(&lease, json!(null)).await.unwrap();
+    // Not old enough yet.
+    assert_eq!(q.cleanup(Duration::from_secs(3600)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(q.cleanup(Duration::from_millis(10)).await.unwrap(), 1);
+    assert_eq!(q.get(done.id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(q.events(done.id, 0, 10).await.unwrap().is_empty());
+    // A job that has not finished stays, however old.
+    assert_eq!(q.get(waiting.id).await.unwrap().status, JobStatus::Queued);
 }

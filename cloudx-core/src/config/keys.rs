@@ -131,6 +131,7 @@ pub const KEYS: &[KeySpec] = &[
     key("worker.embedded", Bool, "true"),
     key("worker.concurrency", Integer, "4"),
     key("worker.grace", Duration, "30s"),
+    key("worker.retention", Duration, "7days"),
 ];
 
 /// The key spec for a dotted key.

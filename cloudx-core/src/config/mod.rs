@@ -587,11 +587,19 @@ pub struct WorkerConfig {
     /// released to another worker.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// How long finished jobs (and their events) are kept before workers delete them.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { embedded: true, concurrency: 4, grace: Duration::from_secs(30) }
+        Self {
+            embedded: true,
+            concurrency: 4,
+            grace: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 

@@ -625,6 +625,30 @@ impl Queue {
             .collect()
     }
 
+    /// Deletes the jobs that finished before `older_than` ago, with their events; returns how
+    /// many went.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn cleanup(&self, older_than: Duration) -> Result<u64> {
+        let before = now_us() - i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX / 2);
+        on_db!(&self.db, |pool| async {
+            sqlx::query(
+                "DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1)",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?;
+            sqlx::query("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        }
+        .await)
+        .map_err(|e| db_error("deleting old jobs", e))
+    }
+
     /// Jobs matching `filter`, newest first.
     ///
     /// # Errors

@@ -128,6 +128,8 @@ pub struct WorkerOptions {
     /// On shutdown, how long running jobs may take to finish before they are cancelled and
     /// released.
     pub grace: Duration,
+    /// Finished jobs older than this are deleted (at start, then every ten minutes).
+    pub retention: Duration,
 }
 
 impl WorkerOptions {
@@ -136,6 +138,7 @@ impl WorkerOptions {
         Self {
             concurrency: usize::try_from(config.concurrency).unwrap_or(1).max(1),
             grace: config.grace,
+            retention: config.retention,
             ..Self::default()
         }
     }
@@ -148,6 +151,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
             grace: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -197,9 +201,11 @@ impl Worker {
         }
         let beating = CancellationToken::new();
         let heartbeat = tokio::spawn({
-            let (queue, id, beating) = (self.queue.clone(), self.id, beating.clone());
+            let (queue, id, beating, retention) =
+                (self.queue.clone(), self.id, beating.clone(), self.options.retention);
             async move {
                 let mut every = tokio::time::interval(WORKER_HEARTBEAT);
+                let mut beats = 0u64;
                 loop {
                     tokio::select! {
                         () = beating.cancelled() => break,
@@ -207,6 +213,15 @@ impl Worker {
                             if let Err(e) = queue.worker_heartbeat(id, false).await {
                                 tracing::warn!(error = %e, worker = %id, "cannot record the worker's heartbeat");
                             }
+                            // Retention: at start, then every ten minutes.
+                            if beats.is_multiple_of(600 / WORKER_HEARTBEAT.as_secs()) {
+                                match queue.cleanup(retention).await {
+                                    Ok(0) => {}
+                                    Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past worker.retention"),
+                                    Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
+                                }
+                            }
+                            beats += 1;
                         }
                     }
                 }
