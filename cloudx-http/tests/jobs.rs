@@ -28,17 +28,27 @@ async fn session(d: &Daemon, email: &str) -> (reqwest::Client, String) {
     (http, tokens["access_token"].as_str().unwrap().to_owned())
 }
 
+/// Sends `body` (if any) as JSON to `path`, signed in with `token`.
+fn request(
+    http: &reqwest::Client,
+    d: &Daemon,
+    token: &str,
+    method: M,
+    path: &str,
+    body: Option<Value>,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let mut req = http.request(method, d.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send()
+}
+
 #[tokio::test]
 async fn jobs_are_submitted_once_read_listed_and_cancelled() {
     let d = Daemon::start(&[("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"), ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0")]).await;
     let (http, token) = session(&d, "ada@example.com").await;
-    let call = |method: M, path: String, body: Option<Value>| {
-        let mut req = http.request(method, d.url(&path)).bearer_auth(&token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        req.send()
-    };
+    let call = |method: M, path: String, body: Option<Value>| request(&http, &d, &token, method, &path, body);
     let p: Value =
         call(M::POST, "/api/v1/projects".into(), Some(json!({"name": "jobs"}))).await.unwrap().json().await.unwrap();
     let p = p["id"].as_str().unwrap().to_owned();
@@ -107,13 +117,7 @@ async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
         async move { worker.run(stop).await }
     });
     let (http, token) = session(&d, "ada@example.com").await;
-    let call = |method: M, path: String, body: Option<Value>| {
-        let mut req = http.request(method, d.url(&path)).bearer_auth(&token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        req.send()
-    };
+    let call = |method: M, path: String, body: Option<Value>| request(&http, &d, &token, method, &path, body);
     let p: Value =
         call(M::POST, "/api/v1/projects".into(), Some(json!({"name": "runs"}))).await.unwrap().json().await.unwrap();
     let p = p["id"].as_str().unwrap().to_owned();

@@ -796,23 +796,20 @@ impl Queue {
     /// [`ErrorKind::Conflict`] when the lease was lost: the result is not recorded.
     pub async fn complete(&self, lease: &Lease, result: serde_json::Value) -> Result<Job> {
         let result = serde_json::to_string(&result).map_err(|e| Error::internal("cannot store the result", e))?;
-        let done = on_db!(&self.db, |pool| sqlx::query(
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(concat!(
             "UPDATE jobs SET status = 'succeeded', result = $1, finished_at = $2, lease_until = NULL \
-             WHERE id = $3 AND status = 'running' AND worker_id = $4 AND attempts = $5"
-        )
+             WHERE id = $3 AND status = 'running' AND worker_id = $4 AND attempts = $5 RETURNING ",
+            job_columns!()
+        ))
         .bind(&result)
         .bind(now_us())
         .bind(lease.job.id)
         .bind(lease.worker)
         .bind(i64::from(lease.attempt))
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| db_error("completing the job", e))?;
-        if done == 0 {
-            return Err(Self::lost(lease));
-        }
-        self.get(lease.job.id).await
+        job(row.ok_or_else(|| Self::lost(lease))?)
     }
 
     /// Records a failure: the job is queued again after a backoff while it has attempts left
@@ -826,14 +823,15 @@ impl Queue {
         let wait = self.backoff.delay(lease.attempt, rand_unit());
         let run_at = now + i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 2);
         let error: String = error.chars().take(8000).collect();
-        let done = on_db!(&self.db, |pool| sqlx::query(
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(concat!(
             "UPDATE jobs SET \
                status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
                              WHEN $1 <> 0 AND attempts < max_attempts THEN 'queued' ELSE 'dead' END, \
                finished_at = CASE WHEN cancel_requested = 0 AND $1 <> 0 AND attempts < max_attempts THEN NULL ELSE $2 END, \
                run_at = $3, last_error = $4, lease_until = NULL, worker_id = NULL \
-             WHERE id = $5 AND status = 'running' AND worker_id = $6 AND attempts = $7"
-        )
+             WHERE id = $5 AND status = 'running' AND worker_id = $6 AND attempts = $7 RETURNING ",
+            job_columns!()
+        ))
         .bind(i64::from(retry))
         .bind(now)
         .bind(run_at)
@@ -841,14 +839,10 @@ impl Queue {
         .bind(lease.job.id)
         .bind(lease.worker)
         .bind(i64::from(lease.attempt))
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| db_error("recording the failure", e))?;
-        if done == 0 {
-            return Err(Self::lost(lease));
-        }
-        let job = self.get(lease.job.id).await?;
+        let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
         if job.status == JobStatus::Queued {
             self.wake_workers().await;
         }
@@ -862,26 +856,24 @@ impl Queue {
     /// # Errors
     /// [`ErrorKind::Conflict`] when the lease was lost.
     pub async fn release(&self, lease: &Lease) -> Result<Job> {
-        let done = on_db!(&self.db, |pool| sqlx::query(
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(concat!(
             "UPDATE jobs SET \
                status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' ELSE 'queued' END, \
                finished_at = CASE WHEN cancel_requested <> 0 THEN $1 ELSE NULL END, \
                max_attempts = max_attempts + 1, run_at = $1, lease_until = NULL, worker_id = NULL \
-             WHERE id = $2 AND status = 'running' AND worker_id = $3 AND attempts = $4"
-        )
+             WHERE id = $2 AND status = 'running' AND worker_id = $3 AND attempts = $4 RETURNING ",
+            job_columns!()
+        ))
         .bind(now_us())
         .bind(lease.job.id)
         .bind(lease.worker)
         .bind(i64::from(lease.attempt))
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| db_error("releasing the job", e))?;
-        if done == 0 {
-            return Err(Self::lost(lease));
-        }
+        let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
         self.wake_workers().await;
-        self.get(lease.job.id).await
+        Ok(job)
     }
 
     /// Cancels a job: a queued one at once (and a running one whose worker stopped answering);
