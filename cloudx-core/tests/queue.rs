@@ -43,6 +43,7 @@ conformance!(
     submit_claim_complete,
     priority_then_age_and_run_at,
     idempotent_submissions_make_one_job_even_at_once,
+    submissions_at_once_share_a_write_and_fail_alone,
     many_workers_each_job_once_never_two_holders,
     a_lost_lease_fences_late_answers,
     retries_back_off_then_the_job_is_dead,
@@ -139,6 +140,33 @@ async fn idempotent_submissions_make_one_job_even_at_once(postgres: bool) {
         .unwrap();
     assert!(!ids.contains(&other.id));
     assert_eq!(i.queue.claim(Uuid::now_v7(), &[], 100, LEASE).await.unwrap().len(), 2);
+}
+
+/// Submissions made at the same moment go to the database together; one that the database
+/// refuses (a project that does not exist) fails alone, and the others land.
+async fn submissions_at_once_share_a_write_and_fail_alone(postgres: bool) {
+    let Some(i) = instance(postgres).await else { return };
+    let me = Uuid::now_v7();
+    let submissions: Vec<_> = (0..64)
+        .map(|n| {
+            let q = i.queue.clone();
+            let project = (n == 17).then(Uuid::now_v7);
+            tokio::spawn(async move { q.submit(me, NewJob { project, ..NewJob::new("k", json!(n)) }).await })
+        })
+        .collect();
+    let mut landed = BTreeSet::new();
+    for (n, s) in submissions.into_iter().enumerate() {
+        match s.await.unwrap() {
+            Ok(job) => {
+                assert_eq!(job.payload, json!(n));
+                landed.insert(job.id);
+            }
+            Err(e) => assert_eq!(n, 17, "only the submission naming a missing project fails: {e}"),
+        }
+    }
+    assert_eq!(landed.len(), 63);
+    let claimed = i.queue.claim(Uuid::now_v7(), &[], 100, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|l| l.job.id).collect::<BTreeSet<_>>(), landed);
 }
 
 async fn many_workers_each_job_once_never_two_holders(postgres: bool) {

@@ -10,6 +10,7 @@
 //!
 //! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
 
+mod batch;
 mod handlers;
 mod jobs;
 mod worker;
@@ -47,7 +48,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    fn as_str(self) -> &'static str {
+    /// Its name (as stored, and in the API).
+    pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
@@ -157,6 +159,19 @@ pub struct WorkerInfo {
     pub health: String,
     /// The jobs it holds now.
     pub running: Vec<Uuid>,
+}
+
+/// How many jobs of a kind are in a state (the queue's depth, for metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Depth {
+    /// The kind.
+    pub kind: String,
+    /// The state.
+    pub status: JobStatus,
+    /// How many jobs.
+    pub jobs: u64,
+    /// Of the queued ones, the age of the oldest whose time has come (zero otherwise).
+    pub oldest_ready: Duration,
 }
 
 /// A worker that has not sent a heartbeat for this long is gone.
@@ -271,6 +286,43 @@ pub struct Queue {
     wake: Arc<tokio::sync::Notify>,
     backoff: Backoff,
     listening: Arc<std::sync::OnceLock<()>>,
+    notifier: Arc<Notifier>,
+    inserts: Arc<batch::Batcher<Insert, Option<Row>>>,
+    completions: Arc<batch::Batcher<Completion, bool>>,
+}
+
+/// A submission, ready to insert.
+#[derive(Debug)]
+struct Insert {
+    id: Uuid,
+    kind: String,
+    project: Option<Uuid>,
+    created_by: Uuid,
+    priority: i64,
+    payload: String,
+    max_attempts: i64,
+    run_at: i64,
+    idempotency_key: Option<String>,
+    created_at: i64,
+}
+
+/// A success to record: (job, worker, attempt) fence it.
+#[derive(Debug)]
+struct Completion {
+    job: Uuid,
+    worker: Uuid,
+    attempt: i64,
+    result: String,
+}
+
+/// The task that sends this process's `NOTIFY`s (Postgres), coalesced.
+#[derive(Debug, Default)]
+struct Notifier {
+    /// Started once, on the first submission.
+    started: std::sync::OnceLock<()>,
+    /// Some submission has not been announced yet.
+    pending: std::sync::atomic::AtomicBool,
+    kick: tokio::sync::Notify,
 }
 
 /// Microseconds since the epoch.
@@ -378,6 +430,16 @@ fn job(row: Row) -> Result<Job> {
 
 /// The most attempts a job may ask for.
 const MAX_ATTEMPTS: u32 = 100;
+/// Jobs whose lease expired (`$1`: now): claimable again, or dead when out of attempts, or
+/// cancelled when a cancel was asked. Claims run it first.
+const EXPIRE: &str = "UPDATE jobs SET \
+       status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                     WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+       last_error = 'the worker holding it stopped answering (its lease expired)', \
+       finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= max_attempts THEN $1 ELSE NULL END, \
+       run_at = $1, lease_until = NULL, worker_id = NULL \
+     WHERE status = 'running' AND lease_until < $1";
+
 /// Attempts of a job that names none, and what a retry gives a dead job.
 const DEFAULT_ATTEMPTS: u32 = 3;
 
@@ -389,6 +451,9 @@ impl Queue {
             wake: Arc::new(tokio::sync::Notify::new()),
             backoff: Backoff::default(),
             listening: Arc::new(std::sync::OnceLock::new()),
+            notifier: Arc::default(),
+            inserts: Arc::default(),
+            completions: Arc::default(),
         }
     }
 
@@ -427,33 +492,31 @@ impl Queue {
         {
             return Err(Error::invalid("idempotency_key: 1 to 200 characters"));
         }
-        let id = Uuid::now_v7();
         let now = now_us();
-        let run_at = new.run_at.map_or(now, micros);
         let payload =
             serde_json::to_string(&new.payload).map_err(|e| Error::internal("cannot store the payload", e))?;
-        let inserted = on_db!(&self.db, |pool| {
-            sqlx::query(
-            "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, max_attempts, \
-             run_at, idempotency_key, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10) \
-             ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        )
-        .bind(id)
-        .bind(kind)
-        .bind(new.project)
-        .bind(created_by)
-        .bind(new.priority)
-        .bind(&payload)
-        .bind(i64::from(max_attempts))
-        .bind(run_at)
-        .bind(&new.idempotency_key)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
-        })
-        .map_err(|e| db_error("submitting the job", e))?;
-        if inserted == 0 {
+        let insert = Insert {
+            id: Uuid::now_v7(),
+            kind: kind.to_owned(),
+            project: new.project,
+            created_by,
+            priority: new.priority,
+            payload,
+            max_attempts: i64::from(max_attempts),
+            run_at: new.run_at.map_or(now, micros),
+            idempotency_key: new.idempotency_key.clone(),
+            created_at: now,
+        };
+        let db = self.db.clone();
+        let inserted = match self.inserts.run(insert, move |batch| insert_batch(db.clone(), batch)).await {
+            Ok(inserted) => inserted,
+            Err(insert) => insert_one(&self.db, &insert).await,
+        }?;
+        if let Some(row) = inserted {
+            self.wake_workers();
+            return Ok((job(row)?, true));
+        }
+        {
             let key = new.idempotency_key.as_deref().unwrap_or_default();
             let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE created_by = $1 AND idempotency_key = $2");
             let row: Row =
@@ -469,21 +532,39 @@ impl Queue {
                     ),
                 ));
             }
-            return Ok((first, false));
+            Ok((first, false))
         }
-        self.wake_workers().await;
-        Ok((self.get(id).await?, true))
     }
 
-    /// Tells waiting workers that there is work: this process's at once, others' through
-    /// Postgres `NOTIFY`.
-    async fn wake_workers(&self) {
-        self.wake.notify_waiters();
-        if let Database::Postgres(pool) = &self.db
-            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(pool).await
-        {
-            tracing::warn!(error = %e, "cannot notify the workers of a new job; they find it at their next poll");
+    /// Tells waiting workers that there is work: on SQLite one of this process's (one claim
+    /// per new job rather than one per worker: a worker that claims some claims again until it
+    /// gets none); on Postgres, every process's through `NOTIFY`, which comes back to this
+    /// process's workers through their `LISTEN`.
+    ///
+    /// Notifications are coalesced: Postgres holds a global lock from a notifying
+    /// transaction's commit until it is durable, so a `NOTIFY` per submission would put every
+    /// submission's disk flush in one line. One task sends them, one at a time, each covering
+    /// every submission made before it began.
+    fn wake_workers(&self) {
+        let Database::Postgres(pool) = &self.db else {
+            self.wake.notify_one();
+            return;
+        };
+        self.notifier.pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        if self.notifier.started.set(()).is_ok() {
+            let (pool, notifier) = (pool.clone(), self.notifier.clone());
+            tokio::spawn(async move {
+                loop {
+                    while notifier.pending.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await {
+                            tracing::warn!(error = %e, "cannot notify the workers of new jobs; they find them at their next poll");
+                        }
+                    }
+                    notifier.kick.notified().await;
+                }
+            });
         }
+        self.notifier.kick.notify_one();
     }
 
     /// Waits until a job may have arrived, at most `timeout`: woken by submissions in this
@@ -519,7 +600,7 @@ impl Queue {
                 // A reconnection may have missed notifications: wake everyone once.
                 wake.notify_waiters();
                 while listener.recv().await.is_ok() {
-                    wake.notify_waiters();
+                    wake.notify_one();
                 }
             }
         });
@@ -649,6 +730,33 @@ impl Queue {
         .map_err(|e| db_error("deleting old jobs", e))
     }
 
+    /// How many jobs there are of each kind in each state (kept ones: finished jobs go after
+    /// the retention), with the age of the oldest ready one.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn depth(&self) -> Result<Vec<Depth>> {
+        let now = now_us();
+        let rows: Vec<(String, String, i64, Option<i64>)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT kind, status, COUNT(*), MIN(CASE WHEN status = 'queued' AND run_at <= $1 THEN run_at END) \
+             FROM jobs GROUP BY kind, status ORDER BY kind, status"
+        )
+        .bind(now)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| db_error("counting jobs", e))?;
+        rows.into_iter()
+            .map(|(kind, status, jobs, oldest)| {
+                Ok(Depth {
+                    kind,
+                    status: JobStatus::parse(&status)?,
+                    jobs: u64::try_from(jobs).unwrap_or(0),
+                    oldest_ready: Duration::from_micros(oldest.map_or(0, |t| u64::try_from(now - t).unwrap_or(0))),
+                })
+            })
+            .collect()
+    }
+
     /// Jobs matching `filter`, newest first.
     ///
     /// # Errors
@@ -681,17 +789,20 @@ impl Queue {
     /// [`ErrorKind::Unavailable`] when the database does not answer.
     pub async fn claim(&self, worker: Uuid, kinds: &[String], max: usize, lease: Duration) -> Result<Vec<Lease>> {
         let now = now_us();
-        self.expire(now).await?;
+        if let Database::Postgres(pool) = &self.db {
+            sqlx::query(EXPIRE).bind(now).execute(pool).await.map_err(|e| db_error("expiring leases", e))?;
+        }
         let until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
         let limit = i64::try_from(max.max(1)).unwrap_or(1000);
         let rows: Vec<Row> = match &self.db {
             Database::Postgres(pool) => {
+                // `= ANY(ARRAY(…))`, not `IN (…)`: the prepared statement's generic plan would
+                // join the subquery against a scan of the whole table. cloudx_claimable (see
+                // migration 0008) picks the jobs in the ready index's order, SKIP LOCKED.
                 let sql = concat!(
                     "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker_id = $1, lease_until = $2, \
                      started_at = COALESCE(started_at, $3) \
-                     WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3 \
-                       AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
-                       ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                     WHERE id = ANY(ARRAY(SELECT cloudx_claimable($4, $3, $5))) \
                      RETURNING ",
                     job_columns!()
                 );
@@ -708,8 +819,12 @@ impl Queue {
                      RETURNING ",
                     job_columns!()
                 );
+                // One write transaction for both steps: SQLite has one writer at a time.
                 match pool.begin_with("BEGIN IMMEDIATE").await {
                     Ok(mut tx) => {
+                        if let Err(e) = sqlx::query(EXPIRE).bind(now).execute(&mut *tx).await {
+                            return Err(db_error("expiring leases", e));
+                        }
                         let rows = sqlx::query_as(sql)
                             .bind(worker)
                             .bind(until)
@@ -737,25 +852,6 @@ impl Queue {
             .collect::<Result<Vec<_>>>()?;
         leases.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.job.run_at.cmp(&b.job.run_at)));
         Ok(leases)
-    }
-
-    /// Jobs whose lease expired: claimable again, or dead when out of attempts (or cancelled
-    /// when a cancel was asked).
-    async fn expire(&self, now: i64) -> Result<()> {
-        on_db!(&self.db, |pool| sqlx::query(
-            "UPDATE jobs SET \
-               status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
-                             WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
-               last_error = 'the worker holding it stopped answering (its lease expired)', \
-               finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= max_attempts THEN $1 ELSE NULL END, \
-               run_at = $1, lease_until = NULL, worker_id = NULL \
-             WHERE status = 'running' AND lease_until < $1"
-        )
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(drop))
-        .map_err(|e| db_error("expiring leases", e))
     }
 
     /// The error of an answer from a worker that no longer holds the job.
@@ -812,6 +908,22 @@ impl Queue {
         job(row.ok_or_else(|| Self::lost(lease))?)
     }
 
+    /// As [`complete`](Self::complete) without reading the job back, and sharing one write
+    /// with the other completions of this process made at the same moment (the workers' path).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when the lease was lost: the result is not recorded.
+    pub async fn record_success(&self, lease: &Lease, result: serde_json::Value) -> Result<()> {
+        let result = serde_json::to_string(&result).map_err(|e| Error::internal("cannot store the result", e))?;
+        let done = Completion { job: lease.job.id, worker: lease.worker, attempt: i64::from(lease.attempt), result };
+        let db = self.db.clone();
+        let recorded = match self.completions.run(done, move |batch| complete_batch(db.clone(), batch)).await {
+            Ok(recorded) => recorded,
+            Err(done) => complete_batch(self.db.clone(), vec![done]).await.pop().expect("one answer"),
+        }?;
+        if recorded { Ok(()) } else { Err(Self::lost(lease)) }
+    }
+
     /// Records a failure: the job is queued again after a backoff while it has attempts left
     /// and `retry` (a cancel asked meanwhile makes it cancelled); else it is dead, `error`
     /// kept.
@@ -844,7 +956,7 @@ impl Queue {
         .map_err(|e| db_error("recording the failure", e))?;
         let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
         if job.status == JobStatus::Queued {
-            self.wake_workers().await;
+            self.wake_workers();
         }
         Ok(job)
     }
@@ -872,7 +984,7 @@ impl Queue {
         .await)
         .map_err(|e| db_error("releasing the job", e))?;
         let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
-        self.wake_workers().await;
+        self.wake_workers();
         Ok(job)
     }
 
@@ -937,7 +1049,7 @@ impl Queue {
                 format!("job {id} is {}: only a dead or cancelled job can be retried", job.status.as_str()),
             ));
         }
-        self.wake_workers().await;
+        self.wake_workers();
         Ok(job)
     }
 
@@ -1019,6 +1131,155 @@ impl Queue {
 fn rand_unit() -> f64 {
     let bits = u64::from_ne_bytes(*Uuid::new_v4().as_bytes().first_chunk().expect("16 bytes"));
     (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The statement that inserts one submission; none comes back on an idempotency conflict.
+const INSERT_ONE: &str = concat!(
+    "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, max_attempts, \
+     run_at, idempotency_key, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10) \
+     ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
+    job_columns!()
+);
+
+async fn insert_one(db: &Database, insert: &Insert) -> Result<Option<Row>> {
+    on_db!(db, |pool| insert_one_on(pool, insert).await).map_err(|e| db_error("submitting the job", e))
+}
+
+async fn insert_one_on<'c, DB, E>(executor: E, insert: &Insert) -> std::result::Result<Option<Row>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    Row: for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query_as(INSERT_ONE)
+        .bind(insert.id)
+        .bind(insert.kind.as_str())
+        .bind(insert.project)
+        .bind(insert.created_by)
+        .bind(insert.priority)
+        .bind(insert.payload.as_str())
+        .bind(insert.max_attempts)
+        .bind(insert.run_at)
+        .bind(insert.idempotency_key.as_deref())
+        .bind(insert.created_at)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Inserts a batch of submissions in one write: one statement on Postgres, one transaction on
+/// SQLite. When that fails (a project deleted meanwhile, say), each is tried alone, so that
+/// one bad submission fails only itself.
+async fn insert_batch(db: Database, batch: Vec<Insert>) -> Vec<Result<Option<Row>>> {
+    if batch.len() > 1 {
+        let together: std::result::Result<Vec<Row>, sqlx::Error> = match &db {
+            Database::Postgres(pool) => {
+                let sql = concat!(
+                    "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, \
+                     max_attempts, run_at, idempotency_key, created_at) \
+                     SELECT id, kind, project_id, created_by, 'queued', priority, payload, 0, max_attempts, run_at, \
+                     idempotency_key, created_at FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], \
+                     $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) \
+                     AS t (id, kind, project_id, created_by, priority, payload, max_attempts, run_at, \
+                     idempotency_key, created_at) \
+                     ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
+                    job_columns!()
+                );
+                sqlx::query_as(sql)
+                    .bind(batch.iter().map(|i| i.id).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.project).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.created_by).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.priority).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.payload.as_str()).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.max_attempts).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.run_at).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.idempotency_key.as_deref()).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.created_at).collect::<Vec<_>>())
+                    .fetch_all(pool)
+                    .await
+            }
+            Database::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut rows = Vec::with_capacity(batch.len());
+                    for insert in &batch {
+                        rows.extend(insert_one_on(&mut *tx, insert).await?);
+                    }
+                    tx.commit().await?;
+                    Ok(rows)
+                }
+                .await
+            }
+        };
+        if let Ok(rows) = together {
+            let mut by_id: std::collections::HashMap<Uuid, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+            return batch.iter().map(|i| Ok(by_id.remove(&i.id))).collect();
+        }
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for insert in &batch {
+        answers.push(insert_one(&db, insert).await);
+    }
+    answers
+}
+
+/// Records a batch of successes in one write; says for each whether its lease still held.
+async fn complete_batch(db: Database, batch: Vec<Completion>) -> Vec<Result<bool>> {
+    let now = now_us();
+    let done: std::result::Result<std::collections::HashSet<Uuid>, sqlx::Error> = match &db {
+        Database::Postgres(pool) => sqlx::query_scalar(
+            "UPDATE jobs SET status = 'succeeded', result = d.result, finished_at = $1, lease_until = NULL \
+             FROM UNNEST($2::uuid[], $3::uuid[], $4::bigint[], $5::text[]) AS d (id, worker_id, attempts, result) \
+             WHERE jobs.id = d.id AND jobs.status = 'running' AND jobs.worker_id = d.worker_id \
+             AND jobs.attempts = d.attempts RETURNING jobs.id",
+        )
+        .bind(now)
+        .bind(batch.iter().map(|c| c.job).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.worker).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.attempt).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.result.as_str()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await
+        .map(|ids| ids.into_iter().collect()),
+        Database::Sqlite(pool) => {
+            async {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut done = std::collections::HashSet::new();
+                for c in &batch {
+                    let updated = sqlx::query(
+                        "UPDATE jobs SET status = 'succeeded', result = $1, finished_at = $2, lease_until = NULL \
+                         WHERE id = $3 AND status = 'running' AND worker_id = $4 AND attempts = $5",
+                    )
+                    .bind(c.result.as_str())
+                    .bind(now)
+                    .bind(c.job)
+                    .bind(c.worker)
+                    .bind(c.attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                    if updated.rows_affected() == 1 {
+                        done.insert(c.job);
+                    }
+                }
+                tx.commit().await?;
+                Ok(done)
+            }
+            .await
+        }
+    };
+    match done {
+        Ok(done) => batch.iter().map(|c| Ok(done.contains(&c.job))).collect(),
+        Err(e) => {
+            let e = db_error("completing jobs", e);
+            batch.iter().map(|_| Err(Error::new(e.kind(), e.to_string()))).collect()
+        }
+    }
 }
 
 #[cfg(test)]

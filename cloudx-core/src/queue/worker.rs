@@ -241,6 +241,10 @@ impl Worker {
         let stop_jobs = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
         let mut failures = 0u32;
+        let concurrency = self.options.concurrency.max(1);
+        // Whether the last claim filled every free slot (more jobs are likely waiting), and
+        // since when free slots have been gathered for the next claim.
+        let (mut backlog, mut gathering) = (false, None);
         while !shutdown.is_cancelled() {
             let free = slots.available_permits();
             if free == 0 {
@@ -249,9 +253,24 @@ impl Worker {
                     _ = running.join_next() => continue,
                 }
             }
+            if backlog && free < concurrency / 2 {
+                // Jobs are waiting and only a few slots are free: let more free up, for a
+                // moment at most, and claim them together (one claim for many short jobs,
+                // rather than one each; a long job's slot waits no longer than GATHER).
+                let until = *gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                if tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = running.join_next() => continue,
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                }
+            }
+            gathering = None;
             let leases = match self.queue.claim(self.id, kinds, free, self.options.lease).await {
                 Ok(leases) => {
                     failures = 0;
+                    backlog = leases.len() == free;
                     leases
                 }
                 Err(e) => {
@@ -306,6 +325,9 @@ impl Worker {
 
 /// How often a worker's row is touched.
 const WORKER_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// While jobs are waiting, how long free slots are gathered before they are claimed together.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// How long cancelled handlers get to stop before they are aborted.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -389,7 +411,7 @@ async fn record(queue: &Queue, options: &WorkerOptions, lease: &Lease, end: End)
     let mut wait = Duration::from_millis(100);
     loop {
         let recorded = match &end {
-            End::Complete(result) => queue.complete(lease, result.clone()).await.map(drop),
+            End::Complete(result) => queue.record_success(lease, result.clone()).await,
             End::Fail(message, retry) => queue.fail(lease, message, *retry).await.map(drop),
             End::Release => queue.release(lease).await.map(drop),
         };
