@@ -14,6 +14,7 @@ mod middleware;
 pub mod routes;
 mod server;
 pub mod state;
+mod ws;
 
 use axum::Router;
 use axum::routing::get;

@@ -99,8 +99,9 @@ impl Server {
             let config = config.clone();
             let mut close_rx = close_rx.clone();
             tokio::spawn(async move {
-                serve_connection(stream, peer, app, &config, &mut close_rx).await;
-                drop(permit);
+                // A WebSocket upgraded on this connection keeps the slot (and a receiver of
+                // the phase) after this task ends: see `ws::Connection`.
+                serve_connection(stream, peer, app, &config, &mut close_rx, Arc::new(permit)).await;
             });
         }
         drop(listener);
@@ -118,9 +119,9 @@ impl Server {
     }
 }
 
-/// What the connection tasks are told.
+/// What the connection tasks (and WebSockets) are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// Finish the request in flight, then close.
     Draining,
@@ -134,12 +135,15 @@ async fn serve_connection(
     app: App,
     config: &HttpConfig,
     close: &mut watch::Receiver<Phase>,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
+    let connection = crate::ws::Connection { phase: close.clone(), _slot: slot };
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(connection.clone());
         request
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -150,9 +154,9 @@ async fn serve_connection(
         // The read buffer, which a request head may not fill beyond `max_header_size`: large
         // enough that an upload arrives in chunks of up to 256 KiB rather than a few KiB.
         .max_buf_size(READ_BUFFER.max(usize::try_from(config.max_header_size.as_u64()).unwrap_or(usize::MAX)));
-    // No `with_upgrades()` yet: an upgraded connection would leave this task, escaping the
-    // connection cap and the shutdown drain. WebSockets will arrive with their own tracking.
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    // Upgrades (WebSockets) leave this task holding a `ws::Connection`: the slot and a
+    // receiver of the phase, which the shutdown drain waits for.
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return log_connection_end(result),

@@ -216,3 +216,150 @@ async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
     running.await.unwrap().unwrap();
     d.stop().await.unwrap();
 }
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message of `socket` as JSON, or `{"close": code}`.
+async fn next(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await.unwrap() {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Close(frame))) => return json!({"close": frame.map(|f| u16::from(f.code))}),
+            Some(Ok(_)) => continue,
+            other => panic!("the stream ended: {other:?}"),
+        }
+    }
+}
+
+/// The events of a job as a WebSocket stream: a one-time ticket, the Origin checked, every
+/// event live and in order from the offset asked, then the job's end and a normal close; a
+/// reconnection from the last number misses nothing; the server's shutdown closes the socket
+/// (1001) and waits for it.
+#[tokio::test]
+async fn events_stream_over_a_websocket() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+
+    let d = Daemon::start(&[
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"),
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0"),
+        ("CLOUDX_AUTH__REGISTRATION", "open"),
+    ])
+    .await;
+    let (http, token) = session(&d, "ada@example.com").await;
+    let (_, eve) = session(&d, "eve@example.com").await;
+    let call = |token: &str, method: M, path: &str, body: Option<Value>| request(&http, &d, token, method, path, body);
+    let p: Value =
+        call(&token, M::POST, "/api/v1/projects", Some(json!({"name": "ws"}))).await.unwrap().json().await.unwrap();
+    let project: uuid::Uuid = p["id"].as_str().unwrap().parse().unwrap();
+    let me: Value = call(&token, M::GET, "/api/v1/auth/me", None).await.unwrap().json().await.unwrap();
+    let me: uuid::Uuid = me["id"].as_str().unwrap().parse().unwrap();
+
+    // A handler that says three things a moment apart, told when to go on.
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut handlers = cloudx_core::queue::Handlers::new();
+    handlers.register("test.talk", {
+        let go = go.clone();
+        move |job: cloudx_core::queue::JobContext| {
+            let go = go.clone();
+            async move {
+                for n in 1..=3 {
+                    go.acquire().await.unwrap().forget();
+                    job.event("log", json!(format!("line {n}"))).await.unwrap();
+                }
+                Ok(json!({"said": 3}))
+            }
+        }
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = cloudx_core::queue::Worker::new(d.cx.queue().clone(), handlers, Default::default());
+    let working = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let job =
+        d.cx.queue()
+            .submit(
+                me,
+                cloudx_core::queue::NewJob {
+                    project: Some(project),
+                    ..cloudx_core::queue::NewJob::new("test.talk", json!({}))
+                },
+            )
+            .await
+            .unwrap();
+    let ticket = |token: String| {
+        let (http, url) = (http.clone(), d.url("/api/v1/auth/ws-ticket"));
+        async move {
+            let t: Value = http.post(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            t["ticket"].as_str().unwrap().to_owned()
+        }
+    };
+    let ws_url = |query: String| format!("ws://{}/api/v1/jobs/{}/events?{query}", d.addr, job.id);
+    let refused = |request: tungstenite::handshake::client::Request| async move {
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    };
+
+    // Refused: no ticket, another site's page (before the ticket is spent), someone not in
+    // the project, a ticket used twice.
+    assert_eq!(refused(ws_url(String::new()).into_client_request().unwrap()).await, 401);
+    let t = ticket(token.clone()).await;
+    let mut evil = ws_url(format!("ticket={t}")).into_client_request().unwrap();
+    evil.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    assert_eq!(refused(evil).await, 403);
+    let e = ticket(eve.clone()).await;
+    assert_eq!(refused(ws_url(format!("ticket={e}")).into_client_request().unwrap()).await, 404);
+
+    // The daemon's own origin is fine; events arrive as they happen.
+    let mut own = ws_url(format!("ticket={t}")).into_client_request().unwrap();
+    own.headers_mut().insert("origin", format!("http://{}", d.addr).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(own).await.unwrap();
+    assert_eq!(refused(ws_url(format!("ticket={t}")).into_client_request().unwrap()).await, 401, "single use");
+    go.add_permits(1);
+    let first = next(&mut socket).await;
+    assert_eq!((first["event"]["seq"].as_i64(), first["event"]["data"].as_str()), (Some(1), Some("line 1")));
+    // Reconnecting from the last number seen: the rest, then the end.
+    socket.close(None).await.unwrap();
+    let t = ticket(token.clone()).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url(format!("ticket={t}&after=1"))).await.unwrap();
+    go.add_permits(2);
+    assert_eq!(next(&mut socket).await["event"]["data"], "line 2");
+    assert_eq!(next(&mut socket).await["event"]["data"], "line 3");
+    let end = next(&mut socket).await;
+    assert_eq!((end["end"]["status"].as_str(), end["end"]["result"]["said"].as_i64()), (Some("succeeded"), Some(3)));
+    assert_eq!(next(&mut socket).await, json!({"close": 1000}));
+
+    // A stream open at shutdown is closed (going away), and the server waits for it.
+    let waiting =
+        d.cx.queue()
+            .submit(
+                me,
+                cloudx_core::queue::NewJob {
+                    project: Some(project),
+                    ..cloudx_core::queue::NewJob::new("test.talk", json!({}))
+                },
+            )
+            .await
+            .unwrap();
+    let t = ticket(token.clone()).await;
+    let url = format!("ws://{}/api/v1/jobs/{}/events?ticket={t}", d.addr, waiting.id);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    stop.cancel();
+    let stopped = tokio::spawn(d.stop());
+    let closed = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await.unwrap() {
+            Some(Ok(tungstenite::Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1001));
+    stopped.await.unwrap().unwrap();
+    go.add_permits(100);
+    let _ = working.await;
+}

@@ -13,6 +13,7 @@
 mod batch;
 mod handlers;
 mod jobs;
+mod watch;
 mod worker;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use uuid::Uuid;
 use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
 
+pub use self::watch::JobWatch;
 pub use self::worker::{Handlers, JobContext, JobError, Worker, WorkerOptions};
 
 /// The Postgres channel on which submissions wake workers.
@@ -289,6 +291,7 @@ pub struct Queue {
     notifier: Arc<Notifier>,
     inserts: Arc<batch::Batcher<Insert, Option<Row>>>,
     completions: Arc<batch::Batcher<Completion, bool>>,
+    watchers: Arc<watch::Watchers>,
 }
 
 /// A submission, ready to insert.
@@ -454,6 +457,7 @@ impl Queue {
             notifier: Arc::default(),
             inserts: Arc::default(),
             completions: Arc::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -905,7 +909,10 @@ impl Queue {
         .fetch_optional(pool)
         .await)
         .map_err(|e| db_error("completing the job", e))?;
-        job(row.ok_or_else(|| Self::lost(lease))?)
+        let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
+        self.watchers.wake(job.id);
+        self.watchers.wake(job.id);
+        Ok(job)
     }
 
     /// As [`complete`](Self::complete) without reading the job back, and sharing one write
@@ -921,7 +928,11 @@ impl Queue {
             Ok(recorded) => recorded,
             Err(done) => complete_batch(self.db.clone(), vec![done]).await.pop().expect("one answer"),
         }?;
-        if recorded { Ok(()) } else { Err(Self::lost(lease)) }
+        if !recorded {
+            return Err(Self::lost(lease));
+        }
+        self.watchers.wake(lease.job.id);
+        Ok(())
     }
 
     /// Records a failure: the job is queued again after a backoff while it has attempts left
@@ -955,6 +966,7 @@ impl Queue {
         .await)
         .map_err(|e| db_error("recording the failure", e))?;
         let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
+        self.watchers.wake(job.id);
         if job.status == JobStatus::Queued {
             self.wake_workers();
         }
@@ -984,6 +996,7 @@ impl Queue {
         .await)
         .map_err(|e| db_error("releasing the job", e))?;
         let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
+        self.watchers.wake(job.id);
         self.wake_workers();
         Ok(job)
     }
@@ -1011,6 +1024,7 @@ impl Queue {
         .await
         .map(drop))
         .map_err(|e| db_error("cancelling the job", e))?;
+        self.watchers.wake(id);
         let job = self.get(id).await?;
         match job.status {
             JobStatus::Cancelled | JobStatus::Running => Ok(job),
@@ -1100,7 +1114,14 @@ impl Queue {
         let lock = i64::from_be_bytes(id.as_bytes()[8..].try_into().expect("8 bytes"));
         let appended: std::result::Result<Option<i64>, sqlx::Error> =
             in_write_tx!(&self.db, lock = lock, |tx| append!(tx));
-        appended.map_err(|e| db_error("appending the job's event", e))?.ok_or_else(|| Self::lost(lease))
+        let seq = appended.map_err(|e| db_error("appending the job's event", e))?.ok_or_else(|| Self::lost(lease))?;
+        self.watchers.wake(lease.job.id);
+        Ok(seq)
+    }
+
+    /// Watches the job from this process: see [`JobWatch::changed`].
+    pub fn watch(&self, id: Uuid) -> JobWatch {
+        self.watchers.watch(id)
     }
 
     /// The job's events after number `after`, at most `limit`, in order.

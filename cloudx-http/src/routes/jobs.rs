@@ -1,8 +1,14 @@
 //! `/api/v1/jobs`: submit, read, list, cancel and retry jobs, and read their events.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts as _, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse as _;
+use cloudx_core::ErrorKind;
+use cloudx_core::Principal;
 use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -143,24 +149,140 @@ pub(crate) struct EventsQuery {
     /// At most this many (default 1000).
     #[serde(default)]
     limit: Option<u32>,
+    /// For a WebSocket: the one-time ticket of `POST /api/v1/auth/ws-ticket`.
+    #[serde(default)]
+    ticket: Option<String>,
 }
 
 /// A job's events (progress, log lines, output) after `after`, in order: poll with the last
 /// number seen to miss nothing.
+///
+/// With `Upgrade: websocket` (and `?ticket=` from `POST /api/v1/auth/ws-ticket` instead of a
+/// bearer token), a stream instead: every event after `after` as one text message
+/// `{"event": {seq, at, kind, data}}`, live, then `{"end": <the job>}` when the job has ended,
+/// and a normal close. Reconnect with `after` = the last `seq` received to miss nothing.
 #[utoipa::path(
     get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The job's id"), EventsQuery),
     responses(
         (status = 200, body = Vec<JobEvent>),
+        (status = 101, description = "Switching to a WebSocket stream of the events"),
+        (status = 403, description = "A WebSocket from another site's page (Origin)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job for the caller", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn job_events(
     State(state): State<AppState>,
-    caller: Caller,
     Path(id): Path<Uuid>,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<Vec<JobEvent>>, ApiError> {
-    Ok(Json(state.cx.job_events(caller.principal(), id, query.after, query.limit.unwrap_or(1000)).await?))
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    if !parts.headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        let caller = Caller::from_request_parts(&mut parts, &state).await?;
+        let events = state.cx.job_events(caller.principal(), id, query.after, query.limit.unwrap_or(1000)).await?;
+        return Ok(Json(events).into_response());
+    }
+    crate::ws::check_origin(&parts.headers, &state.cx.config().http)?;
+    let principal = crate::ws::redeem(&state, query.ticket.as_deref()).await?;
+    // Checked before the upgrade, so that a job the caller may not see is a plain 404.
+    state.cx.job(&principal, id).await?;
+    let connection = parts.extensions.get::<crate::ws::Connection>().cloned();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::InvalidInput, format!("not a WebSocket upgrade: {e}")))?;
+    Ok(crate::ws::configure(upgrade)
+        .on_upgrade(move |socket| stream_events(state, principal, id, query.after, socket, connection)))
+}
+
+/// How long a stream waits for a wake-up before reading again (events written by workers in
+/// other processes are seen this way).
+const EVENTS_POLL: Duration = Duration::from_millis(250);
+/// Events per read.
+const EVENTS_BATCH: u32 = 200;
+/// How often a stream checks that its user may still see the job.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Streams the job's events after `after` until the job ends, the client leaves, the user may
+/// no longer see the job, or the server stops.
+async fn stream_events(
+    state: AppState,
+    principal: Principal,
+    id: Uuid,
+    mut after: i64,
+    mut socket: WebSocket,
+    connection: Option<crate::ws::Connection>,
+) {
+    let watch = state.cx.queue().watch(id);
+    let mut connection = connection;
+    let mut checked = tokio::time::Instant::now();
+    loop {
+        // Armed before reading, so that a wake-up during the reads is not missed.
+        let woken = watch.changed(EVENTS_POLL);
+        if checked.elapsed() >= RECHECK {
+            // Access (membership, a disabled account) is checked again now and then.
+            if let Err(e) = state.cx.job(&principal, id).await {
+                crate::ws::close(&mut socket, crate::ws::code::POLICY, e.message()).await;
+                return;
+            }
+            checked = tokio::time::Instant::now();
+        }
+        // The job's state first, then the events: an ended job's last events are in the
+        // database before its end is, so after reading them all nothing more comes.
+        let job = match state.cx.queue().get(id).await {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(error = %e, job = %id, "a job's event stream cannot read the job");
+                crate::ws::close(&mut socket, crate::ws::code::ERROR, "cannot read the job").await;
+                return;
+            }
+        };
+        loop {
+            let events = match state.cx.queue().events(id, after, EVENTS_BATCH).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %id, "a job's event stream cannot read its events");
+                    crate::ws::close(&mut socket, crate::ws::code::ERROR, "cannot read the events").await;
+                    return;
+                }
+            };
+            let full = events.len() == EVENTS_BATCH as usize;
+            for event in events {
+                after = event.seq;
+                let text = serde_json::json!({ "event": event }).to_string();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if job.status.is_finished() {
+            let text = serde_json::json!({ "end": job }).to_string();
+            if socket.send(Message::Text(text.into())).await.is_ok() {
+                crate::ws::close(&mut socket, crate::ws::code::NORMAL, "the job has ended").await;
+            }
+            return;
+        }
+        let closing = async {
+            match &mut connection {
+                Some(connection) => connection.closing().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = woken => {}
+            () = closing => {
+                crate::ws::close(&mut socket, crate::ws::code::GOING_AWAY, "the server is shutting down").await;
+                return;
+            }
+            message = socket.recv() => match message {
+                // The client speaks only to ping (answered by the library) or to leave.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
