@@ -707,6 +707,9 @@ fn job_commands_on_the_local_instance_wait_for_a_worker_process() {
         "{}",
         text(&out.stderr)
     );
+    let out = run(&mut cli(&["job", "submit", "sandbox_exec", "--payload", echo]));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--project: a job belongs to a project"), "{}", text(&out.stderr));
     let out = run(&mut cli(&["job", "get", "01a22ff4-0000-7000-8000-000000000000"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no job 01a22ff4-0000-7000-8000-000000000000"), "{}", text(&out.stderr));

@@ -111,10 +111,10 @@ async fn job_on(client: &Target, command: JobCommand, global: &GlobalArgs) -> an
 
 async fn submit(client: &Target, args: SubmitArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let payload = payload(args.payload.as_deref(), args.payload_file.as_deref())?;
-    let project = match &args.project {
-        Some(p) => Some(resolve(client, p).await?.id),
-        None => None,
+    let Some(project) = &args.project else {
+        return Err(Error::invalid("--project: a job belongs to a project; name it by slug or id").into());
     };
+    let project = Some(resolve(client, project).await?.id);
     let new = NewJob {
         kind: args.kind,
         project,
