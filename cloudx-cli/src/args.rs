@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use cloudx_core::queue::JobStatus;
+use uuid::Uuid;
 
 /// cloudx: a self-hostable platform for AI coding agents.
 ///
@@ -64,6 +67,10 @@ pub(crate) enum Command {
     Push(SyncArgs),
     /// Bring a project's changes into a folder (conflicts are reported, never overwritten).
     Pull(PullArgs),
+    /// Jobs (on the daemon you signed in to, else on this instance): submit, follow, list,
+    /// cancel, retry; and the workers that run them.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Maintain this instance's blob store (on its database and object store).
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -227,6 +234,105 @@ pub(crate) enum FileCommand {
         #[arg(short, long)]
         message: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobCommand {
+    /// Submit a job to a project; prints its id (`--wait`: waits for it to end, and exits 1
+    /// unless it succeeded).
+    Submit(SubmitArgs),
+    /// Show a job: its state, attempts, result or last error.
+    Get {
+        id: Uuid,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first: a project's, or every job (administrators).
+    Ls {
+        /// Only this project's jobs.
+        #[arg(long)]
+        project: Option<ProjectRef>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only jobs in this state: queued, running, succeeded, dead, cancelled.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<JobStatus>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued one at once, a running one at its worker's next heartbeat.
+    Cancel { id: Uuid },
+    /// Queue a dead or cancelled job again, with three more attempts (administrators).
+    Retry { id: Uuid },
+    /// Print a job's output: stdout and stderr as they were, other events one line each on
+    /// stderr. With `-f`, follow it until the job ends, then exit 0 if it succeeded, else 1.
+    Logs {
+        id: Uuid,
+        /// Keep printing new output until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this number.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after: i64,
+    },
+    /// List the workers seen in the last day: health, kinds, the jobs they hold
+    /// (administrators). `cloudx worker` runs one.
+    Workers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cloudx job submit`.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The job kind, such as sandbox_exec.
+    pub(crate) kind: String,
+    /// The project the job belongs to.
+    #[arg(long)]
+    pub(crate) project: Option<ProjectRef>,
+    /// The payload, as JSON (`-`: read from stdin).
+    #[arg(long, value_name = "JSON", conflicts_with = "payload_file")]
+    pub(crate) payload: Option<String>,
+    /// Read the payload (JSON) from a file (`-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) payload_file: Option<PathBuf>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i64,
+    /// Not before this time (RFC 3339, such as 2030-01-01T09:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub(crate) run_at: Option<DateTime<Utc>>,
+    /// How many attempts it may take before it is dead (default 3).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+    /// Submitting again with the same key gives back the first job instead of a new one.
+    #[arg(long, value_name = "IDEMPOTENCY_KEY")]
+    pub(crate) key: Option<String>,
+    /// Wait for the job to end; exit 0 if it succeeded, else 1.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_status(text: &str) -> Result<JobStatus, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("unknown status `{text}`: one of queued, running, succeeded, dead, cancelled"))
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2030-01-01T09:00:00Z: {e}"))
 }
 
 #[derive(Debug, Args)]

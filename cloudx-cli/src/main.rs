@@ -99,6 +99,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(Profile::Dev, "warn");
             runtime()?.block_on(commands::sync::pull(args, &global))
         }
+        Command::Job(command) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::jobs::job(command, &global))
+        }
         Command::Storage(command) => {
             let config = commands::load_config(&global, |l| l)?;
             init_logging(config.profile, "warn");

@@ -655,3 +655,164 @@ async fn a_worker_process_runs_jobs_and_stops_on_sigterm() {
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     cx.close().await;
 }
+
+/// Runs `cmd` and checks that it succeeded; its stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The `id` of the JSON object `cloudx ... --json` printed.
+fn json_id(stdout: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    value["id"].as_str().unwrap_or_else(|| panic!("no id in {value}")).to_owned()
+}
+
+#[test]
+fn job_commands_on_the_local_instance_wait_for_a_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(["--data-dir", "state"]).args(args);
+        cmd
+    };
+    let out = run_with_stdin(&mut cli(&["user", "add", "root@example.com", "--password-stdin"]), ADMIN_PASSWORD);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(&mut cli(&["project", "create", "Batch", "--owner", "root@example.com"]));
+    let echo = r#"{"argv":["sh","-c","echo hi; echo oops >&2"]}"#;
+
+    // No worker runs on this data folder: waiting says so at once instead of hanging.
+    let started = Instant::now();
+    let out = run(&mut cli(&["job", "submit", "sandbox_exec", "--project", "batch", "--payload", echo, "--wait"]));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(5), "it did not wait: {:?}", started.elapsed());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no worker that runs `sandbox_exec` jobs is running on this data folder")
+            && err.contains("`cloudx worker --data-dir state`"),
+        "{err}"
+    );
+    let first = text(&out.stdout).split_whitespace().nth(2).unwrap().to_owned();
+    assert!(ok(&mut cli(&["job", "get", &first])).contains("status:     queued"));
+    let out = run(&mut cli(&["job", "logs", "-f", &first]));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+
+    // Bad input is named.
+    let out = run(&mut cli(&["job", "submit", "sandbox_exec", "--project", "batch", "--payload", r#"{"argv": [}"#]));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--payload is not JSON: expected value at line 1 column 11"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&mut cli(&["job", "submit", "sandbox_exec", "--payload", echo]));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--project: a job belongs to a project"), "{}", text(&out.stderr));
+    let out = run(&mut cli(&["job", "get", "01a22ff4-0000-7000-8000-000000000000"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no job 01a22ff4-0000-7000-8000-000000000000"), "{}", text(&out.stderr));
+
+    // A worker process runs the queued job and the next ones.
+    let mut worker = cloudx(dir.path()).args(["--data-dir", "state", "worker"]).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(&mut cli(&["job", "workers"])).contains("alive") {
+        assert!(Instant::now() < deadline, "the worker never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(&mut cli(&["job", "logs", "--follow", &first]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+    let shown = ok(&mut cli(&["job", "get", &first]));
+    assert!(shown.contains("status:     succeeded") && shown.contains("attempts:   1 of 3"), "{shown}");
+    let payload = dir.path().join("payload.json");
+    std::fs::write(&payload, r#"{"argv":["echo","from stdin"]}"#).unwrap();
+    let submit = ["job", "submit", "sandbox_exec", "--project", "batch", "--payload-file", "-", "--wait", "--json"];
+    let waited = ok(cli(&submit).stdin(std::fs::File::open(&payload).unwrap()));
+    let job: serde_json::Value = serde_json::from_str(&waited).unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(ok(&mut cli(&["job", "logs", job["id"].as_str().unwrap()])), "from stdin\n");
+    assert_eq!(ok(&mut cli(&["job", "logs", job["id"].as_str().unwrap(), "--after", "1"])), "");
+    let listed = ok(&mut cli(&["job", "ls", "--status", "succeeded", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&listed).unwrap().as_array().unwrap().len(), 2, "{listed}");
+
+    assert!(Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap().success());
+    assert!(worker.wait().unwrap().success());
+}
+
+#[test]
+fn job_commands_through_the_daemon_submit_follow_filter_cancel_and_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    add_local_admin(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(args);
+        cmd
+    };
+    let out = run_with_stdin(
+        &mut cli(&["login", "--url", &serve.url(""), "--email", "root@example.com", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(&mut cli(&["project", "create", "Jobs"]));
+
+    // The daemon's embedded worker runs it; `logs -f` streams its output and exits 0.
+    let submit = |payload: &str, extra: &[&str]| {
+        let mut args = vec!["job", "submit", "sandbox_exec", "--project", "jobs", "--payload", payload, "--json"];
+        args.extend_from_slice(extra);
+        json_id(&ok(&mut cli(&args)))
+    };
+    let echo = submit(r#"{"argv":["sh","-c","echo hi"]}"#, &[]);
+    let out = run(&mut cli(&["job", "logs", "-f", &echo]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+
+    // A job whose time has not come stays queued: filters, cancel, retry.
+    let later = submit(r#"{"argv":["echo","later"]}"#, &["--run-at", "2099-01-01T00:00:00Z", "--priority", "-1"]);
+    let ids = |status: &str| -> Vec<String> {
+        let listed = ok(&mut cli(&["job", "ls", "--project", "jobs", "--status", status, "--json"]));
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids("queued"), [later.as_str()]);
+    assert_eq!(ids("succeeded"), [echo.as_str()]);
+    let table = ok(&mut cli(&["job", "ls", "--project", "jobs"]));
+    assert!(table.starts_with("ID") && table.contains(&later) && table.contains(&echo), "{table}");
+    let out = run(&mut cli(&["job", "ls", "--status", "finished"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown status `finished`"), "{}", text(&out.stderr));
+
+    assert!(ok(&mut cli(&["job", "cancel", &later])).contains(&format!("cancelled job {later}")));
+    assert_eq!(ids("cancelled"), [later.as_str()]);
+    let out = run(&mut cli(&["job", "logs", "-f", &later]));
+    assert_eq!(out.status.code(), Some(1), "a cancelled job did not succeed");
+    assert!(text(&out.stderr).contains("ended cancelled"), "{}", text(&out.stderr));
+    let out = run(&mut cli(&["job", "cancel", &echo]));
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("has already ended (succeeded)"), "{}", text(&out.stderr));
+    assert!(ok(&mut cli(&["job", "retry", &later])).contains("queued again"));
+    let out = run(&mut cli(&["job", "logs", "-f", &later]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "later\n");
+
+    // A payload the handler cannot read: dead at once, and `logs -f` exits 1 saying why.
+    let bad = submit(r#""not a run""#, &[]);
+    let out = run(&mut cli(&["job", "logs", "-f", &bad]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("job {bad} ended dead: the payload is not a run")),
+        "{}",
+        text(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_str(&ok(&mut cli(&["job", "get", &bad, "--json"]))).unwrap();
+    assert_eq!(shown["status"], "dead");
+
+    let workers = ok(&mut cli(&["job", "workers"]));
+    assert!(workers.contains("alive") && workers.contains("sandbox_exec"), "{workers}");
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
+}

@@ -1,6 +1,7 @@
 //! One module per command area; each converts its arguments, calls core once, renders the result.
 
 pub(crate) mod config;
+pub(crate) mod jobs;
 pub(crate) mod projects;
 pub(crate) mod remote;
 pub(crate) mod sandbox;

@@ -1,10 +1,11 @@
-//! Where `cloudx project`, `file`, `push` and `pull` act: on the daemon you signed in to (a
+//! Where `cloudx project`, `file`, `job`, `push` and `pull` act: on the daemon you signed in to (a
 //! stored login), or else on this instance's own database and blob store, as the local
 //! operator (whoever can open the data folder owns it).
 
 use std::path::Path;
 
 use cloudx_core::auth::audit::Client as AuditClient;
+use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
 use cloudx_core::storage::{ByteStream, FileVersion, Member, NewProject, Project, ProjectFilter, PutOptions, Tree};
 use cloudx_core::{Cloudx, CloudxConfig, Error, ErrorKind, Principal, ProjectRole};
 use cloudx_http::client::{Client, Downloaded, write_file_atomically};
@@ -230,5 +231,69 @@ impl Target {
                 cx.storage().move_file(&Principal::System, &Self::audit(), id, from, to, message).await?
             }
         })
+    }
+
+    pub(crate) async fn submit_job(&self, new: &NewJob) -> anyhow::Result<(Job, bool)> {
+        Ok(match self {
+            Target::Remote(c) => c.submit_job(new).await?,
+            Target::Local(cx) => cx.submit_job(&Principal::System, &Self::audit(), new.clone()).await?,
+        })
+    }
+
+    pub(crate) async fn job(&self, id: Uuid) -> anyhow::Result<Job> {
+        Ok(match self {
+            Target::Remote(c) => c.job(id).await?,
+            Target::Local(cx) => cx.job(&Principal::System, id).await?,
+        })
+    }
+
+    pub(crate) async fn list_jobs(&self, filter: &JobFilter) -> anyhow::Result<Vec<Job>> {
+        Ok(match self {
+            Target::Remote(c) => c.list_jobs(filter).await?,
+            Target::Local(cx) => cx.list_jobs(&Principal::System, filter).await?,
+        })
+    }
+
+    pub(crate) async fn cancel_job(&self, id: Uuid) -> anyhow::Result<Job> {
+        Ok(match self {
+            Target::Remote(c) => c.cancel_job(id).await?,
+            Target::Local(cx) => cx.cancel_job(&Principal::System, &Self::audit(), id).await?,
+        })
+    }
+
+    pub(crate) async fn retry_job(&self, id: Uuid) -> anyhow::Result<Job> {
+        Ok(match self {
+            Target::Remote(c) => c.retry_job(id).await?,
+            Target::Local(cx) => cx.retry_job(&Principal::System, &Self::audit(), id).await?,
+        })
+    }
+
+    pub(crate) async fn job_events(&self, id: Uuid, after: i64, limit: u32) -> anyhow::Result<Vec<JobEvent>> {
+        Ok(match self {
+            Target::Remote(c) => c.job_events(id, after, limit).await?,
+            Target::Local(cx) => cx.job_events(&Principal::System, id, after, limit).await?,
+        })
+    }
+
+    pub(crate) async fn workers(&self) -> cloudx_core::Result<Vec<WorkerInfo>> {
+        match self {
+            Target::Remote(c) => c.workers().await,
+            Target::Local(cx) => cx.workers(&Principal::System).await,
+        }
+    }
+
+    /// Where the jobs live, for messages: the daemon's URL, or the instance's database.
+    pub(crate) fn location(&self) -> String {
+        match self {
+            Target::Remote(c) => format!("the daemon at {}", c.base_url()),
+            Target::Local(cx) => match cx.config().database_target() {
+                Ok(cloudx_core::config::DatabaseTarget::Sqlite(_)) => {
+                    let dir = &cx.config().data_dir;
+                    format!("this data folder ({})", std::path::absolute(dir).as_deref().unwrap_or(dir).display())
+                }
+                Ok(target) => format!("this instance's database ({})", target.display_location()),
+                Err(_) => "this instance".to_owned(),
+            },
+        }
     }
 }

@@ -317,7 +317,10 @@ pub async fn write_file_atomically(
     written
 }
 
-async fn json_of<T: serde::de::DeserializeOwned>(base: &reqwest::Url, response: reqwest::Response) -> Result<T> {
+pub(super) async fn json_of<T: serde::de::DeserializeOwned>(
+    base: &reqwest::Url,
+    response: reqwest::Response,
+) -> Result<T> {
     if response.status() == StatusCode::NO_CONTENT {
         return Err(Error::new(ErrorKind::Internal, "the daemon answered without a body"));
     }

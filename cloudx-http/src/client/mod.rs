@@ -22,6 +22,7 @@ use uuid::Uuid;
 pub use crate::routes::auth::{LoginResponse, Me};
 
 mod files;
+mod jobs;
 
 pub use self::files::{Downloaded, write_file_atomically};
 
