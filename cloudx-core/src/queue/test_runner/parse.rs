@@ -42,12 +42,12 @@ pub(super) fn cargo(output: &str) -> Parsed {
         }
     };
     for line in output.lines() {
-        if let Some(head) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" ----")) {
-            if let Some(name) = head.strip_suffix(" stdout").or_else(|| head.strip_suffix(" stderr")) {
-                close(&mut section, &mut parsed);
-                section = Some((name.to_owned(), Vec::new()));
-                continue;
-            }
+        if let Some(head) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" ----"))
+            && let Some(name) = head.strip_suffix(" stdout").or_else(|| head.strip_suffix(" stderr"))
+        {
+            close(&mut section, &mut parsed);
+            section = Some((name.to_owned(), Vec::new()));
+            continue;
         }
         // The list of failures that follows the sections, or the next target's run.
         if line == "failures:" || line.starts_with("test result: ") || line.starts_with("running ") {
@@ -136,24 +136,23 @@ pub(super) fn unittest(output: &str) -> Parsed {
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
-        if line.starts_with("======") {
-            if let Some(head) =
+        if line.starts_with("======")
+            && let Some(head) =
                 lines.get(i + 1).and_then(|l| l.strip_prefix("FAIL: ").or_else(|| l.strip_prefix("ERROR: ")))
+        {
+            // The traceback: after the dashes, up to the next section or the summary.
+            let mut end = i + 3;
+            while end < lines.len()
+                && !lines[end].starts_with("======")
+                && !(lines[end].starts_with("------") && lines.get(end + 1).is_some_and(|l| l.starts_with("Ran ")))
             {
-                // The traceback: after the dashes, up to the next section or the summary.
-                let mut end = i + 3;
-                while end < lines.len()
-                    && !lines[end].starts_with("======")
-                    && !(lines[end].starts_with("------") && lines.get(end + 1).is_some_and(|l| l.starts_with("Ran ")))
-                {
-                    end += 1;
-                }
-                let body = lines.get(i + 3..end).unwrap_or_default().join("\n");
-                let name = unittest_name(head).unwrap_or_else(|| head.to_owned());
-                parsed.failures.push((name, body.trim().to_owned()));
-                i = end;
-                continue;
+                end += 1;
             }
+            let body = lines.get(i + 3..end).unwrap_or_default().join("\n");
+            let name = unittest_name(head).unwrap_or_else(|| head.to_owned());
+            parsed.failures.push((name, body.trim().to_owned()));
+            i = end;
+            continue;
         }
         if let Some((head, status)) = line.rsplit_once(" ... ") {
             // A docstring's first line stands in for the name: the name is on the line before.
