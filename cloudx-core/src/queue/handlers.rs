@@ -5,6 +5,8 @@
 //!   payload is a [`ProjectExec`]; stdout and stderr stream as `stdout` / `stderr` events; the
 //!   result is the [`ProjectRun`](crate::sandbox::ProjectRun) (how the command ended, what it
 //!   committed). A cancelled job kills its sandbox.
+//! - `test_runner`: the project's tests (their command detected, or given) run the same way,
+//!   read into a [`TestReport`](super::TestReport); see [`super::test_runner`].
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -15,21 +17,23 @@ use crate::auth::audit::Client;
 use crate::cloudx::Cloudx;
 use crate::error::{Error, ErrorKind};
 use crate::principal::{Principal, Role};
-use crate::sandbox::{OutputChunk, ProjectExec};
+use crate::sandbox::{OutputChunk, ProjectExec, ProjectRun};
 
 impl Cloudx {
-    /// Handlers for the job kinds cloudx runs itself (`sandbox_exec`); an embedding program
-    /// adds its own with [`Handlers::register`].
+    /// Handlers for the job kinds cloudx runs itself (`sandbox_exec`, `test_runner`); an
+    /// embedding program adds its own with [`Handlers::register`].
     pub fn builtin_handlers(&self) -> Handlers {
         let mut handlers = Handlers::new();
         let cx = self.clone();
         handlers.register("sandbox_exec", move |job| sandbox_exec(cx.clone(), job));
+        let cx = self.clone();
+        handlers.register("test_runner", move |job| super::test_runner::test_runner(cx.clone(), job));
         handlers
     }
 }
 
 /// Whether trying again could help with `e`.
-fn job_error(e: &Error) -> JobError {
+pub(super) fn job_error(e: &Error) -> JobError {
     match e.kind() {
         ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::RateLimited => {
             JobError::Retry(e.message().to_owned())
@@ -39,7 +43,7 @@ fn job_error(e: &Error) -> JobError {
 }
 
 /// The account that submitted a job, as a principal with its current role.
-async fn submitter(cx: &Cloudx, id: Uuid) -> Result<Principal, JobError> {
+pub(super) async fn submitter(cx: &Cloudx, id: Uuid) -> Result<Principal, JobError> {
     if id.is_nil() {
         return Ok(Principal::System);
     }
@@ -55,9 +59,26 @@ async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, 
     let request: ProjectExec = serde_json::from_value(job.job.payload.clone())
         .map_err(|e| JobError::Fatal(format!("the payload is not a run (argv, env, cwd, limits, commit, ...): {e}")))?;
     let actor = submitter(&cx, job.job.created_by).await?;
+    let run = run_streaming(&cx, &job, &actor, project, request).await?;
+    serde_json::to_value(&run).map_err(|e| JobError::Fatal(format!("the run's outcome cannot be stored: {e}")))
+}
+
+/// Runs `request` on the project as `actor` (see [`Cloudx::exec_in_project`]), its output
+/// streamed as `stdout` / `stderr` text events as it comes. A cancelled job drops the run,
+/// which kills its sandbox, and answers `Retry("stopped")` (the worker records the cancel).
+///
+/// # Errors
+/// The run's errors as [`JobError`]s ([`job_error`]).
+pub(super) async fn run_streaming(
+    cx: &Cloudx,
+    job: &JobContext,
+    actor: &Principal,
+    project: Uuid,
+    request: ProjectExec,
+) -> Result<ProjectRun, JobError> {
     let client = Client::new(None, Some("cloudx worker"));
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
-    let run = cx.exec_in_project(&actor, &client, project, request, None, Some(tx));
+    let run = cx.exec_in_project(actor, &client, project, request, None, Some(tx));
     tokio::pin!(run);
     // Output becomes text events; a character split between two chunks waits for its end.
     let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
@@ -96,6 +117,5 @@ async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, 
         send(Some(chunk)).await;
     }
     send(None).await;
-    let run = result.map_err(|e| job_error(&e))?;
-    serde_json::to_value(&run).map_err(|e| JobError::Fatal(format!("the run's outcome cannot be stored: {e}")))
+    result.map_err(|e| job_error(&e))
 }

@@ -13,6 +13,7 @@
 mod batch;
 mod handlers;
 mod jobs;
+pub mod test_runner;
 mod watch;
 mod worker;
 
@@ -26,6 +27,7 @@ use uuid::Uuid;
 use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
 
+pub use self::test_runner::{TestFailure, TestLanguage, TestReport, TestRun, TestStatus};
 pub use self::watch::JobWatch;
 pub use self::worker::{Handlers, JobContext, JobError, Worker, WorkerOptions};
 

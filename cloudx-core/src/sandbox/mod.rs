@@ -24,6 +24,12 @@ pub use self::linux::{Capabilities, Sandbox, SandboxSettings};
 pub use self::policy::SandboxPolicy;
 pub use self::project::{ProjectExec, ProjectRun};
 
+/// The `PATH` of a run that sets none: the host's system folders, which every sandbox sees.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The host folders every sandbox sees, read-only, at the same path (where the host has them).
+pub const SYSTEM_FOLDERS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {

@@ -476,7 +476,7 @@ impl Sandbox {
         let caps = &self.inner.capabilities;
         let mut builder = PlanBuilder::default();
         // The system folders, read-only (symlinks where the host has them: merged /usr).
-        for dir in ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
+        for dir in super::SYSTEM_FOLDERS {
             builder.host_path(Path::new(dir), Path::new(dir))?;
         }
         builder.dir("etc");
@@ -693,7 +693,7 @@ const GROUP: &[u8] = b"root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n";
 const HOSTS: &[u8] = b"127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 const DEFAULT_ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("PATH", super::DEFAULT_PATH),
     ("HOME", "/workspace"),
     ("USER", "sandbox"),
     ("LANG", "C.UTF-8"),
