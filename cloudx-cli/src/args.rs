@@ -316,6 +316,9 @@ pub(crate) struct SubmitArgs {
     /// Submitting again with the same key gives back the first job instead of a new one.
     #[arg(long, value_name = "IDEMPOTENCY_KEY")]
     pub(crate) key: Option<String>,
+    /// A webhook called (signed) when the job ends; its host must be in worker.webhook_hosts.
+    #[arg(long, value_name = "URL")]
+    pub(crate) callback_url: Option<String>,
     /// Wait for the job to end; exit 0 if it succeeded, else 1.
     #[arg(long)]
     pub(crate) wait: bool,

@@ -223,7 +223,7 @@ fn migrate_applies_then_reports_up_to_date() {
         text(&first.stdout)
     );
     let second = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
-    assert!(text(&second.stdout).contains("is up to date at schema version 8"), "{}", text(&second.stdout));
+    assert!(text(&second.stdout).contains("is up to date at schema version 9"), "{}", text(&second.stdout));
     assert!(dir.path().join("state/cloudx.db").is_file());
 }
 

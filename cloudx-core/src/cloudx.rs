@@ -42,6 +42,8 @@ struct Inner {
     auth: Auth,
     storage: Storage,
     queue: crate::queue::Queue,
+    /// Job webhooks: the allowed hosts and the signing key.
+    webhooks: Arc<crate::queue::webhook::Webhooks>,
     /// The sandbox, made on first use (or why it cannot be).
     sandbox: std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>>,
 }
@@ -101,6 +103,7 @@ impl Cloudx {
         let auth = Auth::open(db.clone(), &config.auth, jwt_secret.expose().as_bytes(), ed25519_pem.as_deref()).await?;
         let storage = Storage::open(db.clone(), &config)?;
         let queue = crate::queue::Queue::new(db.clone());
+        let webhooks = Arc::new(crate::queue::webhook::Webhooks::open(&config)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -109,6 +112,7 @@ impl Cloudx {
                 jwt_secret,
                 auth,
                 queue,
+                webhooks,
                 storage,
                 sandbox: std::sync::OnceLock::new(),
             }),
@@ -137,6 +141,11 @@ impl Cloudx {
     /// The durable job queue.
     pub fn queue(&self) -> &crate::queue::Queue {
         &self.inner.queue
+    }
+
+    /// Job webhooks: which targets are allowed, and the signing key.
+    pub fn webhooks(&self) -> &Arc<crate::queue::webhook::Webhooks> {
+        &self.inner.webhooks
     }
 
     /// The database pool.

@@ -363,3 +363,138 @@ async fn events_stream_over_a_websocket() {
     go.add_permits(100);
     let _ = working.await;
 }
+
+/// A job's webhook: the target checked at submission (allow-list, internal addresses), then
+/// called once the job ends, signed with the instance's key, and marked delivered.
+#[tokio::test]
+async fn webhooks_are_checked_then_called_signed() {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+
+    let secret = "w".repeat(40);
+    let d = Daemon::start(&[
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"),
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0"),
+        ("CLOUDX_WORKER__WEBHOOK_HOSTS", "127.0.0.1,hooks.example.com"),
+        ("CLOUDX_WORKER__WEBHOOK_SECRET", secret.as_str()),
+    ])
+    .await;
+    let (http, token) = session(&d, "ada@example.com").await;
+    let call = |method: M, path: &str, body: Option<Value>| request(&http, &d, &token, method, path, body);
+    let p: Value =
+        call(M::POST, "/api/v1/projects", Some(json!({"name": "hooks"}))).await.unwrap().json().await.unwrap();
+    let p = p["id"].as_str().unwrap().to_owned();
+
+    // A receiver on loopback that keeps what it gets.
+    type Got = std::sync::Arc<tokio::sync::Mutex<Vec<(HeaderMap, bytes::Bytes)>>>;
+    let got: Got = Default::default();
+    let receiver = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|State(got): State<Got>, headers: HeaderMap, body: bytes::Bytes| async move {
+                got.lock().await.push((headers, body));
+                "ok"
+            }),
+        )
+        .route("/down", axum::routing::post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down") }))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    // Refused by name: a host not allowed, and loopback without worker.webhook_allow_private.
+    let submit = |callback: &str| {
+        call(M::POST, "/api/v1/jobs", Some(json!({"kind": "test.quick", "project": p, "callback_url": callback})))
+    };
+    let r = submit("https://evil.example/hook").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(problem(r).await["detail"].as_str().unwrap().contains("worker.webhook_hosts"));
+    let r = submit(&hook).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(problem(r).await["detail"].as_str().unwrap().contains("webhook_allow_private"));
+    let r = submit("ftp://hooks.example.com/x").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    d.stop().await.unwrap();
+
+    // The same instance with internal targets allowed: accepted, delivered, signed.
+    let d = Daemon::start(&[
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"),
+        ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0"),
+        ("CLOUDX_WORKER__WEBHOOK_HOSTS", "127.0.0.1"),
+        ("CLOUDX_WORKER__WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("CLOUDX_WORKER__WEBHOOK_SECRET", secret.as_str()),
+    ])
+    .await;
+    let (http, token) = session(&d, "ada@example.com").await;
+    let call = |method: M, path: &str, body: Option<Value>| request(&http, &d, &token, method, path, body);
+    let p: Value =
+        call(M::POST, "/api/v1/projects", Some(json!({"name": "hooks"}))).await.unwrap().json().await.unwrap();
+    let r =
+        call(M::POST, "/api/v1/jobs", Some(json!({"kind": "test.quick", "project": p["id"], "callback_url": hook})))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["callback_state"], "pending");
+    let down = hook.replace("/hook", "/down");
+    let r =
+        call(M::POST, "/api/v1/jobs", Some(json!({"kind": "test.quick", "project": p["id"], "callback_url": down})))
+            .await
+            .unwrap();
+    let down: Value = r.json().await.unwrap();
+    let mut handlers = cloudx_core::queue::Handlers::new();
+    handlers.register("test.quick", |_| async { Ok(json!({"done": true})) });
+    let options = cloudx_core::queue::WorkerOptions { webhooks: Some(d.cx.webhooks().clone()), ..Default::default() };
+    let worker = cloudx_core::queue::Worker::new(d.cx.queue().clone(), handlers, options);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let working = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let id = job["id"].as_str().unwrap();
+    let delivered = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let job: Value = call(M::GET, &format!("/api/v1/jobs/{id}"), None).await.unwrap().json().await.unwrap();
+            if job["callback_state"] == "delivered" {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the webhook is delivered");
+    assert_eq!(delivered["status"], "succeeded");
+    // A receiver that fails: kept pending, the error said, tried again later.
+    let down = down["id"].as_str().unwrap();
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let job: Value = call(M::GET, &format!("/api/v1/jobs/{down}"), None).await.unwrap().json().await.unwrap();
+            if !job["callback_error"].is_null() {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the failed delivery is recorded");
+    assert_eq!(failed["callback_state"], "pending");
+    assert!(failed["callback_error"].as_str().unwrap().contains("503"), "{failed}");
+    stop.cancel();
+    working.await.unwrap().unwrap();
+
+    let got = got.lock().await;
+    assert_eq!(got.len(), 1, "delivered once");
+    let (headers, body) = &got[0];
+    let sent: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!((sent["event"].as_str(), sent["job"]["id"].as_str()), (Some("job.finished"), Some(id)));
+    assert_eq!(sent["job"]["result"], json!({"done": true}));
+    // The receiver's check: HMAC-SHA256 over "<timestamp>.<body>" with the shared key.
+    let timestamp = headers["x-cloudx-timestamp"].to_str().unwrap();
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(headers["x-cloudx-signature"].to_str().unwrap(), format!("sha256={expected}"));
+    assert!(headers.contains_key("x-cloudx-delivery"));
+}

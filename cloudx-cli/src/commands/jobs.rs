@@ -123,6 +123,7 @@ async fn submit(client: &Target, args: SubmitArgs, global: &GlobalArgs) -> anyho
         run_at: args.run_at,
         max_attempts: args.max_attempts,
         idempotency_key: args.key,
+        callback_url: args.callback_url,
     };
     let (job, created) = client.submit_job(&new).await?;
     if !args.wait {

@@ -20,7 +20,9 @@ pub(crate) fn worker(cx: &Cloudx, kinds: &[String]) -> anyhow::Result<Worker> {
         }
         only
     };
-    Ok(Worker::new(cx.queue().clone(), handlers, WorkerOptions::from_config(&cx.config().worker)))
+    let options =
+        WorkerOptions { webhooks: Some(cx.webhooks().clone()), ..WorkerOptions::from_config(&cx.config().worker) };
+    Ok(Worker::new(cx.queue().clone(), handlers, options))
 }
 
 pub(crate) async fn run(config: CloudxConfig, kinds: Vec<String>) -> anyhow::Result<()> {

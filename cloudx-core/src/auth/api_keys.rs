@@ -285,6 +285,36 @@ impl Auth {
         })
     }
 
+    /// The principal an API key acts as now, by the key's id: its owner with the owner's
+    /// current role and the key's scopes (for work submitted with the key and done later).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] for a key that is gone, revoked or expired, or whose
+    /// owner is disabled.
+    pub async fn api_key_principal(&self, id: Uuid) -> Result<Principal> {
+        type Row = (Uuid, String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        let row: Option<Row> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT k.user_id, u.role, k.scopes, k.expires_at, k.revoked_at \
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = $1 AND u.disabled_at IS NULL"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| db_error("checking an API key", e))?;
+        let Some((user, role, scopes, expires_at, revoked_at)) = row else {
+            return Err(bad_key("the API key is gone, or its owner is disabled"));
+        };
+        if revoked_at.is_some() {
+            return Err(bad_key("the API key has been revoked"));
+        }
+        if expires_at.is_some_and(|e| e <= now()) {
+            return Err(bad_key("the API key has expired"));
+        }
+        let scopes = Scopes::parse(scopes.split(','))
+            .map_err(|_| Error::new(ErrorKind::Unauthenticated, "the API key's scopes are unreadable"))?;
+        Ok(Principal::User { id: user, role: parse_role(&role), scopes, api_key: Some(id) })
+    }
+
     /// Checks a bearer credential of either kind: an API key (`cxk_...`) or an access token.
     ///
     /// # Errors

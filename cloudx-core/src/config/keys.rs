@@ -132,6 +132,9 @@ pub const KEYS: &[KeySpec] = &[
     key("worker.concurrency", Integer, "4"),
     key("worker.grace", Duration, "30s"),
     key("worker.retention", Duration, "7days"),
+    key("worker.webhook_hosts", List, "[] (no webhooks)"),
+    key("worker.webhook_allow_private", Bool, "false"),
+    secret("worker.webhook_secret", "generated into <data_dir>/webhook-secret (dev only)"),
 ];
 
 /// The key spec for a dotted key.

@@ -590,6 +590,15 @@ pub struct WorkerConfig {
     /// How long finished jobs (and their events) are kept before workers delete them.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The hosts a job's `callback_url` may name: `hooks.example.com`, `*.example.com` (any
+    /// subdomain), or `*` (any host). Empty: no webhooks.
+    pub webhook_hosts: Vec<String>,
+    /// Whether webhooks may reach loopback, private, link-local and other internal addresses
+    /// (refused by default, so that a webhook cannot probe the network the workers are in).
+    pub webhook_allow_private: bool,
+    /// The key webhooks are signed with (HMAC-SHA256, at least 32 bytes). Unset in `dev`:
+    /// generated into `<data_dir>/webhook-secret`; `prod` requires it when webhooks are on.
+    pub webhook_secret: Option<Secret>,
 }
 
 impl Default for WorkerConfig {
@@ -599,6 +608,9 @@ impl Default for WorkerConfig {
             concurrency: 4,
             grace: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
+            webhook_hosts: Vec::new(),
+            webhook_allow_private: false,
+            webhook_secret: None,
         }
     }
 }
@@ -699,6 +711,16 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
         if let Err(why) = check_origin(origin) {
             problems.push(value_problem("http.cors_origins", origin, why));
         }
+    }
+    for host in &config.worker.webhook_hosts {
+        if let Err(why) = crate::queue::webhook::check_host_pattern(host) {
+            problems.push(value_problem("worker.webhook_hosts", host, why));
+        }
+    }
+    if let Some(secret) = &config.worker.webhook_secret
+        && secret.expose().len() < 32
+    {
+        problems.push(ConfigProblem::new("worker.webhook_secret", "must be at least 32 bytes long"));
     }
     if config.http.cors_allow_credentials && config.http.cors_origins.iter().any(|o| o == "*") {
         problems.push(ConfigProblem::new(
@@ -819,6 +841,12 @@ fn validate_sandbox(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
 
 /// The settings the `prod` profile refuses, with the reason and the fix.
 fn validate_prod(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>) {
+    if !config.worker.webhook_hosts.is_empty() && config.worker.webhook_secret.is_none() {
+        problems.push(ConfigProblem::new(
+            "worker.webhook_secret",
+            "profile `prod` with webhooks (worker.webhook_hosts) requires an explicit signing key (CLOUDX_WORKER__WEBHOOK_SECRET): a generated one differs from node to node, and receivers could not check signatures",
+        ));
+    }
     if config.auth.jwt_secret.is_none() && config.auth.jwt_algorithm == JwtAlgorithm::Hs256 {
         problems.push(ConfigProblem::new(
             "auth.jwt_secret",

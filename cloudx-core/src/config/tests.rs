@@ -253,6 +253,7 @@ fn key_table_matches_the_structs() {
     config.llm.api_key = Some(Secret::new("x"));
     config.llm.organization = Some("x".into());
     config.sandbox.scratch_dir = Some("/var/tmp/cloudx-sandbox".into());
+    config.worker.webhook_secret = Some(Secret::new("x"));
     let table: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let mut flat = Vec::new();
     for (name, value) in &table {

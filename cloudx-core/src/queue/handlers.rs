@@ -42,8 +42,19 @@ pub(super) fn job_error(e: &Error) -> JobError {
     }
 }
 
-/// The account that submitted a job, as a principal with its current role.
-pub(super) async fn submitter(cx: &Cloudx, id: Uuid) -> Result<Principal, JobError> {
+/// Who a job acts as: the API key it was submitted with (its scopes, while the key is valid),
+/// else the account that submitted it, with its current role.
+pub(super) async fn submitter(cx: &Cloudx, job: &super::Job) -> Result<Principal, JobError> {
+    let id = job.created_by;
+    if let Some(key) = job.api_key {
+        // Submitted with an API key: the job has that key's scopes, while the key is valid.
+        return cx.auth().api_key_principal(key).await.map_err(|e| match e.kind() {
+            ErrorKind::Unauthenticated => {
+                JobError::Fatal(format!("the API key the job was submitted with: {}", e.message()))
+            }
+            _ => job_error(&e),
+        });
+    }
     if id.is_nil() {
         return Ok(Principal::System);
     }
@@ -58,7 +69,7 @@ async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, 
     let project = job.job.project.ok_or_else(|| JobError::Fatal("the job names no project".into()))?;
     let request: ProjectExec = serde_json::from_value(job.job.payload.clone())
         .map_err(|e| JobError::Fatal(format!("the payload is not a run (argv, env, cwd, limits, commit, ...): {e}")))?;
-    let actor = submitter(&cx, job.job.created_by).await?;
+    let actor = submitter(&cx, &job.job).await?;
     let run = run_streaming(&cx, &job, &actor, project, request).await?;
     serde_json::to_value(&run).map_err(|e| JobError::Fatal(format!("the run's outcome cannot be stored: {e}")))
 }

@@ -14,6 +14,9 @@ use crate::cloudx::Cloudx;
 use crate::error::{Error, ErrorKind, Result};
 use crate::principal::Principal;
 
+/// The priorities anyone may give; administrators may go beyond.
+pub const PRIORITY_BOUND: i64 = 100;
+
 impl Cloudx {
     /// Submits a job to `new.project` as `actor`, and says whether it is new (`false`: the job
     /// of an earlier submission with the same idempotency key). Audited (`job_submit`).
@@ -26,9 +29,22 @@ impl Cloudx {
             return Err(Error::invalid("project: a job belongs to a project; give its id"));
         };
         self.storage().authorize(actor, project, &[ProjectAction::Write, ProjectAction::Exec]).await?;
-        let (job, created) = self.queue().submit_new(actor.user_id().unwrap_or(Uuid::nil()), new).await?;
-        if created {
-            self.audit_job(actor, client, "job_submit", &job, None).await?;
+        if !actor.is_admin() && !(-PRIORITY_BOUND..=PRIORITY_BOUND).contains(&new.priority) {
+            return Err(Error::invalid(format!(
+                "priority: from -{PRIORITY_BOUND} to {PRIORITY_BOUND} (beyond is for administrators)"
+            )));
+        }
+        if let Some(url) = &new.callback_url {
+            self.webhooks().check(url)?;
+        }
+        let api_key = match actor {
+            Principal::User { api_key, .. } => *api_key,
+            Principal::System => None,
+        };
+        let (job, created) = self.queue().submit_with_key(actor.user_id().unwrap_or(Uuid::nil()), api_key, new).await?;
+        if created && let Err(e) = self.audit_job(actor, client, "job_submit", &job, None).await {
+            // The job exists: answering an error would make the client submit it again.
+            tracing::error!(error = %e, job = %job.id, "cannot audit a job's submission");
         }
         Ok((job, created))
     }

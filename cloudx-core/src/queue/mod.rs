@@ -15,6 +15,7 @@ mod handlers;
 mod jobs;
 pub mod test_runner;
 mod watch;
+pub mod webhook;
 mod worker;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 use crate::db::{Database, db_error};
 use crate::error::{Error, ErrorKind, Result};
 
+pub use self::jobs::PRIORITY_BOUND;
 pub use self::test_runner::{TestFailure, TestLanguage, TestReport, TestRun, TestStatus};
 pub use self::watch::JobWatch;
 pub use self::worker::{Handlers, JobContext, JobError, Worker, WorkerOptions};
@@ -105,6 +107,10 @@ pub struct NewJob {
     /// Submitting again with the same key (by the same account) returns the first job.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// A webhook told when the job ends: an `http(s)` URL whose host `worker.webhook_hosts`
+    /// allows; the request is signed (see docs/architecture.md, "Webhooks").
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 impl NewJob {
@@ -118,6 +124,7 @@ impl NewJob {
             run_at: None,
             max_attempts: None,
             idempotency_key: None,
+            callback_url: None,
         }
     }
 }
@@ -223,6 +230,14 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The API key it was submitted with, if any: it runs with that key's scopes.
+    pub api_key: Option<Uuid>,
+    /// The webhook told when it ends.
+    pub callback_url: Option<String>,
+    /// The webhook's delivery: `pending`, `delivered` or `failed` (after its attempts).
+    pub callback_state: Option<String>,
+    /// The webhook's last failed delivery, if any.
+    pub callback_error: Option<String>,
 }
 
 /// A worker's hold on a job: answers with it are accepted only while it is the job's latest.
@@ -248,6 +263,8 @@ pub struct JobEvent {
     pub kind: String,
     /// What.
     pub data: serde_json::Value,
+    /// The attempt that said it (from 1).
+    pub attempt: u32,
 }
 
 /// What a heartbeat learns.
@@ -309,6 +326,8 @@ struct Insert {
     run_at: i64,
     idempotency_key: Option<String>,
     created_at: i64,
+    api_key: Option<Uuid>,
+    callback_url: Option<String>,
 }
 
 /// A success to record: (job, worker, attempt) fence it.
@@ -347,7 +366,8 @@ fn now_us() -> i64 {
 macro_rules! job_columns {
     () => {
         "id, kind, project_id, created_by, status, priority, payload, result, last_error, attempts, max_attempts, \
-         run_at, lease_until, worker_id, cancel_requested, idempotency_key, created_at, started_at, finished_at"
+         run_at, lease_until, worker_id, cancel_requested, idempotency_key, created_at, started_at, finished_at, \
+         api_key_id, callback_url, callback_state, callback_error"
     };
 }
 
@@ -372,6 +392,10 @@ struct Row {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    api_key_id: Option<Uuid>,
+    callback_url: Option<String>,
+    callback_state: Option<String>,
+    callback_error: Option<String>,
 }
 
 /// `FromRow` for [`Row`] on each dialect (sqlx derives tuples of at most 16 columns).
@@ -400,6 +424,10 @@ macro_rules! row_from {
                     created_at: r.try_get(16)?,
                     started_at: r.try_get(17)?,
                     finished_at: r.try_get(18)?,
+                    api_key_id: r.try_get(19)?,
+                    callback_url: r.try_get(20)?,
+                    callback_state: r.try_get(21)?,
+                    callback_error: r.try_get(22)?,
                 })
             }
         }
@@ -430,6 +458,10 @@ fn job(row: Row) -> Result<Job> {
         created_at: time(row.created_at),
         started_at: row.started_at.map(time),
         finished_at: row.finished_at.map(time),
+        api_key: row.api_key_id,
+        callback_url: row.callback_url,
+        callback_state: row.callback_state,
+        callback_error: row.callback_error,
     })
 }
 
@@ -485,6 +517,15 @@ impl Queue {
     /// # Errors
     /// As [`submit`](Self::submit).
     pub async fn submit_new(&self, created_by: Uuid, new: NewJob) -> Result<(Job, bool)> {
+        self.submit_with_key(created_by, None, new).await
+    }
+
+    /// As [`submit_new`](Self::submit_new), for a submission made with the API key `api_key`
+    /// (the job then runs with that key's scopes).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub async fn submit_with_key(&self, created_by: Uuid, api_key: Option<Uuid>, new: NewJob) -> Result<(Job, bool)> {
         let kind = new.kind.trim();
         if kind.is_empty() || kind.len() > 100 {
             return Err(Error::invalid("kind: give the job's kind (at most 100 characters)"));
@@ -497,6 +538,9 @@ impl Queue {
             && (key.is_empty() || key.chars().count() > 200)
         {
             return Err(Error::invalid("idempotency_key: 1 to 200 characters"));
+        }
+        if let Some(url) = &new.callback_url {
+            webhook::parse_url(url)?;
         }
         let now = now_us();
         let payload =
@@ -512,6 +556,8 @@ impl Queue {
             run_at: new.run_at.map_or(now, micros),
             idempotency_key: new.idempotency_key.clone(),
             created_at: now,
+            api_key,
+            callback_url: new.callback_url.clone(),
         };
         let db = self.db.clone();
         let inserted = match self.inserts.run(insert, move |batch| insert_batch(db.clone(), batch)).await {
@@ -1047,7 +1093,9 @@ impl Queue {
         let done = on_db!(&self.db, |pool| {
             sqlx::query(
                 "UPDATE jobs SET status = 'queued', max_attempts = attempts + $1, run_at = $2, finished_at = NULL, \
-               cancel_requested = 0 \
+               cancel_requested = 0, \
+               callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, \
+               callback_attempts = 0, callback_next = 0, callback_error = NULL \
              WHERE id = $3 AND status IN ('dead', 'cancelled')",
             )
             .bind(i64::from(DEFAULT_ATTEMPTS))
@@ -1100,14 +1148,17 @@ impl Queue {
                             .bind(id)
                             .fetch_one(&mut *tx)
                             .await?;
-                    sqlx::query("INSERT INTO job_events (job_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)")
-                        .bind(id)
-                        .bind(seq)
-                        .bind(at)
-                        .bind(kind)
-                        .bind(&data)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "INSERT INTO job_events (job_id, seq, at, kind, data, attempt) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(id)
+                    .bind(seq)
+                    .bind(at)
+                    .bind(kind)
+                    .bind(&data)
+                    .bind(i64::from(lease.attempt))
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await.map(|()| Some(seq))
                 }
                 .await
@@ -1121,6 +1172,85 @@ impl Queue {
         Ok(seq)
     }
 
+    /// Takes up to `max` finished jobs whose webhook is due, for one delivery attempt each:
+    /// their next attempt is moved a minute ahead (the taker's lease) and counted.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub(crate) async fn take_callbacks(&self, max: usize) -> Result<Vec<(Job, u32)>> {
+        let now = now_us();
+        let until = now + 60_000_000;
+        let limit = i64::try_from(max.max(1)).unwrap_or(100);
+        macro_rules! take {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE jobs SET callback_next = $1, callback_attempts = callback_attempts + 1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE callback_state = 'pending' AND finished_at IS NOT NULL \
+                     AND callback_next <= $2 ORDER BY callback_next LIMIT $3",
+                    $lock,
+                    ") RETURNING ",
+                    job_columns!(),
+                    ", callback_attempts"
+                )
+            };
+        }
+        let rows: Vec<(i64, Row)> = match &self.db {
+            Database::Postgres(pool) => sqlx::query(take!(" FOR UPDATE SKIP LOCKED"))
+                .bind(until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .and_then(|rows| rows.iter().map(callback_row).collect()),
+            Database::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let rows = sqlx::query(take!("")).bind(until).bind(now).bind(limit).fetch_all(&mut *tx).await?;
+                    tx.commit().await?;
+                    rows.iter().map(callback_row).collect()
+                }
+                .await
+            }
+        }
+        .map_err(|e| db_error("taking webhooks to deliver", e))?;
+        rows.into_iter().map(|(attempts, row)| Ok((job(row)?, u32::try_from(attempts).unwrap_or(u32::MAX)))).collect()
+    }
+
+    /// Records how delivery `attempt` of a job's webhook went: delivered, or tried again after
+    /// a pause, or failed for good after [`webhook::ATTEMPTS`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub(crate) async fn callback_done(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        outcome: std::result::Result<(), String>,
+    ) -> Result<()> {
+        let (state, next, error) = match outcome {
+            Ok(()) => ("delivered", 0, None),
+            Err(e) if attempt >= webhook::ATTEMPTS => ("failed", 0, Some(e)),
+            Err(e) => {
+                let pause = i64::try_from(webhook::pause(attempt).as_micros()).unwrap_or(i64::MAX / 2);
+                ("pending", now_us() + pause, Some(e))
+            }
+        };
+        let error = error.map(|e| e.chars().take(2000).collect::<String>());
+        on_db!(&self.db, |pool| sqlx::query(
+            "UPDATE jobs SET callback_state = $1, callback_next = $2, callback_error = $3 \
+             WHERE id = $4 AND callback_attempts = $5 AND callback_state = 'pending'"
+        )
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(id)
+        .bind(i64::from(attempt))
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| db_error("recording a webhook delivery", e))
+    }
+
     /// Watches the job from this process: see [`JobWatch::changed`].
     pub fn watch(&self, id: Uuid) -> JobWatch {
         self.watchers.watch(id)
@@ -1131,20 +1261,22 @@ impl Queue {
     /// # Errors
     /// [`ErrorKind::Unavailable`] when the database does not answer.
     pub async fn events(&self, id: Uuid, after: i64, limit: u32) -> Result<Vec<JobEvent>> {
-        let rows: Vec<(i64, i64, String, String)> = on_db!(&self.db, |pool| sqlx::query_as(
-            "SELECT seq, at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        let rows: Vec<(i64, i64, String, String, i64)> = on_db!(&self.db, |pool| {
+            sqlx::query_as(
+            "SELECT seq, at, kind, data, attempt FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         )
         .bind(id)
         .bind(after)
         .bind(i64::from(limit.clamp(1, 10_000)))
         .fetch_all(pool)
-        .await)
+        .await
+        })
         .map_err(|e| db_error("reading the job's events", e))?;
         rows.into_iter()
-            .map(|(seq, at, kind, data)| {
+            .map(|(seq, at, kind, data, attempt)| {
                 let data =
                     serde_json::from_str(&data).map_err(|e| Error::internal("a stored event cannot be read", e))?;
-                Ok(JobEvent { seq, at: time(at), kind, data })
+                Ok(JobEvent { seq, at: time(at), kind, data, attempt: u32::try_from(attempt).unwrap_or(0) })
             })
             .collect()
     }
@@ -1156,10 +1288,22 @@ fn rand_unit() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A row of [`Queue::take_callbacks`]: the job's columns, then the delivery attempt.
+fn callback_row<R: sqlx::Row>(row: &R) -> std::result::Result<(i64, Row), sqlx::Error>
+where
+    for<'r> Row: sqlx::FromRow<'r, R>,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let attempts: i64 = row.try_get(23)?;
+    Ok((attempts, <Row as sqlx::FromRow<'_, R>>::from_row(row)?))
+}
+
 /// The statement that inserts one submission; none comes back on an idempotency conflict.
 const INSERT_ONE: &str = concat!(
     "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, max_attempts, \
-     run_at, idempotency_key, created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10) \
+     run_at, idempotency_key, created_at, api_key_id, callback_url, callback_state) \
+     VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10, $11, $12, CASE WHEN $12 IS NULL THEN NULL ELSE 'pending' END) \
      ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
     job_columns!()
 );
@@ -1191,6 +1335,8 @@ where
         .bind(insert.run_at)
         .bind(insert.idempotency_key.as_deref())
         .bind(insert.created_at)
+        .bind(insert.api_key)
+        .bind(insert.callback_url.as_deref())
         .fetch_optional(executor)
         .await
 }
@@ -1204,12 +1350,15 @@ async fn insert_batch(db: Database, batch: Vec<Insert>) -> Vec<Result<Option<Row
             Database::Postgres(pool) => {
                 let sql = concat!(
                     "INSERT INTO jobs (id, kind, project_id, created_by, status, priority, payload, attempts, \
-                     max_attempts, run_at, idempotency_key, created_at) \
+                     max_attempts, run_at, idempotency_key, created_at, api_key_id, callback_url, callback_state) \
                      SELECT id, kind, project_id, created_by, 'queued', priority, payload, 0, max_attempts, run_at, \
-                     idempotency_key, created_at FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], \
-                     $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) \
+                     idempotency_key, created_at, api_key_id, callback_url, \
+                     CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END \
+                     FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], \
+                     $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[], $11::uuid[], \
+                     $12::text[]) \
                      AS t (id, kind, project_id, created_by, priority, payload, max_attempts, run_at, \
-                     idempotency_key, created_at) \
+                     idempotency_key, created_at, api_key_id, callback_url) \
                      ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
                     job_columns!()
                 );
@@ -1224,6 +1373,8 @@ async fn insert_batch(db: Database, batch: Vec<Insert>) -> Vec<Result<Option<Row
                     .bind(batch.iter().map(|i| i.run_at).collect::<Vec<_>>())
                     .bind(batch.iter().map(|i| i.idempotency_key.as_deref()).collect::<Vec<_>>())
                     .bind(batch.iter().map(|i| i.created_at).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.api_key).collect::<Vec<_>>())
+                    .bind(batch.iter().map(|i| i.callback_url.as_deref()).collect::<Vec<_>>())
                     .fetch_all(pool)
                     .await
             }

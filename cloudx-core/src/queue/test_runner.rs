@@ -452,7 +452,7 @@ pub(super) async fn test_runner(cx: Cloudx, job: JobContext) -> Result<serde_jso
     if request.command.as_ref().is_some_and(|c| c.first().is_none_or(String::is_empty)) {
         return Err(fatal("command: give a program and its arguments, or leave it out to detect the tests"));
     }
-    let actor = submitter(&cx, job.job.created_by).await?;
+    let actor = submitter(&cx, &job.job).await?;
     let tree = cx.storage().list_files(&actor, project, "", request.version, true).await.map_err(|e| job_error(&e))?;
     // Everything that follows uses this version, whatever is committed meanwhile.
     let version = tree.version;

@@ -130,6 +130,8 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// Finished jobs older than this are deleted (at start, then every ten minutes).
     pub retention: Duration,
+    /// Delivers the webhooks of finished jobs (any job's, not only its own), when set.
+    pub webhooks: Option<Arc<super::webhook::Webhooks>>,
 }
 
 impl WorkerOptions {
@@ -152,6 +154,7 @@ impl Default for WorkerOptions {
             poll: Duration::from_secs(1),
             grace: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
+            webhooks: None,
         }
     }
 }
@@ -227,9 +230,16 @@ impl Worker {
                 }
             }
         });
+        let delivering = self.options.webhooks.clone().map(|webhooks| {
+            let (queue, stop) = (self.queue.clone(), beating.clone());
+            tokio::spawn(deliver_webhooks(queue, webhooks, stop))
+        });
         let result = self.work(&kinds, shutdown).await;
         beating.cancel();
         let _ = heartbeat.await;
+        if let Some(delivering) = delivering {
+            let _ = delivering.await;
+        }
         if let Err(e) = self.queue.worker_heartbeat(self.id, true).await {
             tracing::warn!(error = %e, worker = %self.id, "cannot record that the worker stopped");
         }
@@ -320,6 +330,41 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Delivers due webhooks until `stop`: a few at a time, looking again every second.
+async fn deliver_webhooks(queue: Queue, webhooks: Arc<super::webhook::Webhooks>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let due = match queue.take_callbacks(8).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take webhooks to deliver");
+                continue;
+            }
+        };
+        // A stop waits for the deliveries in flight (each at most its timeout): a delivery
+        // cut short would only be tried again after its one-minute lease.
+        let deliveries = due.into_iter().map(|(job, attempt)| {
+            let (queue, webhooks) = (queue.clone(), webhooks.clone());
+            async move {
+                let outcome = webhooks.deliver(&job).await;
+                match &outcome {
+                    Ok(()) => tracing::info!(job = %job.id, attempt, "webhook delivered"),
+                    Err(e) => tracing::warn!(job = %job.id, attempt, error = %e, "webhook not delivered"),
+                }
+                if let Err(e) = queue.callback_done(job.id, attempt, outcome).await {
+                    tracing::warn!(error = %e, job = %job.id, "cannot record a webhook delivery");
+                }
+            }
+        });
+        futures_util::future::join_all(deliveries).await;
     }
 }
 
