@@ -132,6 +132,7 @@ pub const KEYS: &[KeySpec] = &[
     key("worker.concurrency", Integer, "4"),
     key("worker.grace", Duration, "30s"),
     key("worker.retention", Duration, "7days"),
+    key("worker.metrics_bind", Text, "none"),
 ];
 
 /// The key spec for a dotted key.

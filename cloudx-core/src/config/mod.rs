@@ -590,6 +590,9 @@ pub struct WorkerConfig {
     /// How long finished jobs (and their events) are kept before workers delete them.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Where a `cloudx worker` process serves `/metrics` (IP:PORT); none by default. `cloudx
+    /// serve` has its own `/metrics` on `http.bind`.
+    pub metrics_bind: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -599,7 +602,25 @@ impl Default for WorkerConfig {
             concurrency: 4,
             grace: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
+            metrics_bind: None,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The parsed `metrics_bind` address, if one is set (validated at load time).
+    ///
+    /// # Errors
+    /// When it is not `IP:PORT`.
+    pub fn metrics_bind_addr(&self) -> Result<Option<SocketAddr>, String> {
+        self.metrics_bind
+            .as_deref()
+            .map(|bind| {
+                bind.parse().map_err(|_| {
+                    format!("`{bind}` is not an address of the form IP:PORT, such as 127.0.0.1:9184 or [::]:9184")
+                })
+            })
+            .transpose()
     }
 }
 
@@ -694,6 +715,9 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     }
     if let Err(why) = config.http.bind_addr() {
         problems.push(ConfigProblem::new("http.bind", why));
+    }
+    if let Err(why) = config.worker.metrics_bind_addr() {
+        problems.push(ConfigProblem::new("worker.metrics_bind", why));
     }
     for origin in &config.http.cors_origins {
         if let Err(why) = check_origin(origin) {
