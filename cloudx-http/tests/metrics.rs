@@ -79,7 +79,7 @@ async fn queue_metrics(postgres: bool) {
     });
     // One more worker row that went silent a minute ago without saying it stopped.
     let silent = Uuid::now_v7();
-    d.cx.queue().register_worker(silent, "lost:1", &[ok.clone()], 1).await.unwrap();
+    d.cx.queue().register_worker(silent, "lost:1", std::slice::from_ref(&ok), 1).await.unwrap();
     let age = "UPDATE workers SET heartbeat_at = heartbeat_at - 60000000 WHERE id = $1";
     match d.cx.database() {
         cloudx_core::db::Database::Sqlite(pool) => sqlx::query(age).bind(silent).execute(pool).await.map(drop),
