@@ -486,6 +486,10 @@ pub(crate) struct WorkerArgs {
     /// Only these job kinds, comma-separated (default: every kind cloudx runs).
     #[arg(long, value_name = "KINDS", value_delimiter = ',')]
     pub(crate) kinds: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, IP:PORT (overrides worker.metrics_bind;
+    /// default: none). Port 0 picks a free port; the address is printed at start.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<String>,
 }
 
 #[derive(Debug, Args)]

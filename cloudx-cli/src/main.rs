@@ -114,9 +114,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::sandbox::sandbox(&config, command)
         }
         Command::Worker(args) => {
-            let config = commands::load_config(&global, |l| match args.concurrency {
-                Some(n) => l.flag("worker.concurrency", "--concurrency", i64::from(n)),
-                None => l,
+            let config = commands::load_config(&global, |l| {
+                let l = match args.concurrency {
+                    Some(n) => l.flag("worker.concurrency", "--concurrency", i64::from(n)),
+                    None => l,
+                };
+                match &args.metrics_bind {
+                    Some(bind) => l.flag("worker.metrics_bind", "--metrics-bind", bind.clone()),
+                    None => l,
+                }
             })?;
             init_logging(config.profile, "info");
             runtime()?.block_on(commands::worker::run(config, args.kinds))

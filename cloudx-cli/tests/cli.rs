@@ -656,6 +656,71 @@ async fn a_worker_process_runs_jobs_and_stops_on_sigterm() {
     cx.close().await;
 }
 
+/// `cloudx worker --metrics-bind`: the worker process serves `/metrics` (its own job metrics,
+/// the queue's gauges, the process's) on the address it prints, and stops with the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_metrics_when_asked() {
+    use cloudx_core::queue::{JobStatus, NewJob};
+    let dir = tempfile::tempdir().unwrap();
+    let bad = run(cloudx(dir.path()).args(["worker", "--metrics-bind", "localhost"]));
+    assert_eq!(bad.status.code(), Some(78), "a configuration error");
+    assert!(text(&bad.stderr).contains("worker.metrics_bind"), "{}", text(&bad.stderr));
+
+    let mut worker = cloudx(dir.path())
+        .args(["worker", "--metrics-bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let first_line = lines.next().expect("the worker prints where it serves metrics").unwrap();
+    let url = first_line.rsplit(' ').next().unwrap().to_owned();
+    assert!(first_line.starts_with("cloudx worker metrics on http://127.0.0.1:") && url.ends_with("/metrics"));
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // A job it takes and fails for good (it names no project): counted by this process.
+    let config = cloudx_core::config::ConfigLoader::new()
+        .env([("CLOUDX_DATA_DIR", dir.path().join("cloudx-data").to_str().unwrap())])
+        .load()
+        .unwrap();
+    let cx = cloudx_core::Cloudx::connect(config).await.unwrap();
+    let job = cx.queue().submit(uuid::Uuid::nil(), NewJob::new("sandbox_exec", serde_json::json!({}))).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cx.queue().get(job.id).await.unwrap().status.is_finished() {
+        assert!(Instant::now() < deadline, "the worker did not take the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cx.queue().get(job.id).await.unwrap().status, JobStatus::Dead);
+    // The gauges are read at most once a second: ask until they show the worker and the job.
+    let metrics = loop {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let metrics = r.text().await.unwrap();
+        if metrics.contains("cloudx_jobs{kind=\"sandbox_exec\",status=\"dead\"} 1") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no dead job in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for needle in [
+        "cloudx_workers{health=\"alive\"} 1",
+        "cloudx_job_attempts_total{kind=\"sandbox_exec\"} 1",
+        "cloudx_jobs_finished_total{kind=\"sandbox_exec\",outcome=\"failed\"} 1",
+        "cloudx_job_duration_seconds_count{kind=\"sandbox_exec\",outcome=\"failed\"} 1",
+        "cloudx_job_wait_seconds_count{kind=\"sandbox_exec\"} 1",
+        "cloudx_build_info{version=",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    // Only /metrics is served there.
+    assert_eq!(reqwest::get(url.replace("/metrics", "/api/v1/jobs")).await.unwrap().status(), 404);
+    assert!(Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap().success());
+    assert!(worker.wait().unwrap().success(), "SIGTERM exits 0");
+    assert!(reqwest::get(&url).await.is_err(), "the listener closed with the worker");
+    cx.close().await;
+}
+
 /// Runs `cmd` and checks that it succeeded; its stdout.
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);

@@ -655,11 +655,17 @@ async fn workers_run_every_job_once(postgres: bool) {
     let seen = i.queue.workers().await.unwrap();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.iter().all(|w| w.health == "alive" && w.kinds == vec!["work".to_owned()] && w.concurrency == 4));
+    // The same counts in one query (for metrics), with the lag of the oldest alive heartbeat.
+    let health = i.queue.worker_health().await.unwrap();
+    assert_eq!((health.alive, health.stopped, health.gone), (3, 0, 0), "{health:?}");
+    assert!(health.oldest_alive_heartbeat.is_some_and(|age| age <= cloudx_core::queue::WORKER_GONE_AFTER));
     stop.cancel();
     for w in workers {
         w.await.unwrap().unwrap();
     }
     assert!(i.queue.workers().await.unwrap().iter().all(|w| w.health == "stopped" && w.running.is_empty()));
+    let health = i.queue.worker_health().await.unwrap();
+    assert_eq!((health.alive, health.stopped, health.gone, health.oldest_alive_heartbeat), (0, 3, 0, None));
     let ran = ran.lock().unwrap().clone();
     let unique: BTreeSet<_> = ran.iter().collect();
     assert_eq!((ran.len(), unique.len()), (200, 200), "each job ran exactly once");

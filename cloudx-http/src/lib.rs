@@ -41,6 +41,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` alone, for a process that runs workers but no daemon (`cloudx worker
+/// --metrics-bind`): the same text as the daemon's (this process's job metrics, the queue's
+/// gauges, the process's), behind the same middleware; serve it with [`Server`].
+pub fn metrics_app(queue: cloudx_core::queue::Queue, http: &cloudx_core::config::HttpConfig) -> App {
+    let recorder = metrics::Metrics::global();
+    let gauges = std::sync::Arc::new(metrics::QueueGauges::new(queue));
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (recorder, gauges) = (recorder.clone(), gauges.clone());
+                async move { routes::ops::metrics_text(&recorder, &gauges).await }
+            }),
+        )
+        .route_layer(metrics::LabelRoute)
+        .fallback(fallback);
+    App::new(router, http)
+}
+
 /// Every route of the API with its OpenAPI description (for tools and tests).
 pub fn openapi() -> OpenApi {
     openapi_document(routes::api().split_for_parts().1)

@@ -135,6 +135,7 @@ pub const KEYS: &[KeySpec] = &[
     key("worker.webhook_hosts", List, "[] (no webhooks)"),
     key("worker.webhook_allow_private", Bool, "false"),
     secret("worker.webhook_secret", "generated into <data_dir>/webhook-secret (dev only)"),
+    key("worker.metrics_bind", Text, "none"),
 ];
 
 /// The key spec for a dotted key.

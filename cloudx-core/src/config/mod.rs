@@ -599,6 +599,9 @@ pub struct WorkerConfig {
     /// The key webhooks are signed with (HMAC-SHA256, at least 32 bytes). Unset in `dev`:
     /// generated into `<data_dir>/webhook-secret`; `prod` requires it when webhooks are on.
     pub webhook_secret: Option<Secret>,
+    /// Where a `cloudx worker` process serves `/metrics` (IP:PORT); none by default. `cloudx
+    /// serve` has its own `/metrics` on `http.bind`.
+    pub metrics_bind: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -611,7 +614,25 @@ impl Default for WorkerConfig {
             webhook_hosts: Vec::new(),
             webhook_allow_private: false,
             webhook_secret: None,
+            metrics_bind: None,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// The parsed `metrics_bind` address, if one is set (validated at load time).
+    ///
+    /// # Errors
+    /// When it is not `IP:PORT`.
+    pub fn metrics_bind_addr(&self) -> Result<Option<SocketAddr>, String> {
+        self.metrics_bind
+            .as_deref()
+            .map(|bind| {
+                bind.parse().map_err(|_| {
+                    format!("`{bind}` is not an address of the form IP:PORT, such as 127.0.0.1:9184 or [::]:9184")
+                })
+            })
+            .transpose()
     }
 }
 
@@ -706,6 +727,9 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     }
     if let Err(why) = config.http.bind_addr() {
         problems.push(ConfigProblem::new("http.bind", why));
+    }
+    if let Err(why) = config.worker.metrics_bind_addr() {
+        problems.push(ConfigProblem::new("worker.metrics_bind", why));
     }
     for origin in &config.http.cors_origins {
         if let Err(why) = check_origin(origin) {

@@ -157,6 +157,7 @@ fn every_semantic_rule_names_its_key() {
         ("CLOUDX_LLM__REQUEST_TIMEOUT", "0s", "llm.request_timeout"),
         ("CLOUDX_WORKER__CONCURRENCY", "0", "worker.concurrency"),
         ("CLOUDX_WORKER__CONCURRENCY", "5000", "worker.concurrency"),
+        ("CLOUDX_WORKER__METRICS_BIND", "localhost", "worker.metrics_bind"),
     ];
     for (var, value, key) in cases {
         let p = problems(&[(var, value)]);
@@ -254,6 +255,7 @@ fn key_table_matches_the_structs() {
     config.llm.organization = Some("x".into());
     config.sandbox.scratch_dir = Some("/var/tmp/cloudx-sandbox".into());
     config.worker.webhook_secret = Some(Secret::new("x"));
+    config.worker.metrics_bind = Some("127.0.0.1:9184".into());
     let table: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     let mut flat = Vec::new();
     for (name, value) in &table {

@@ -185,6 +185,20 @@ pub struct Depth {
     pub oldest_ready: Duration,
 }
 
+/// How many workers are in each health, and the heartbeat lag of the alive ones (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// Workers that sent a heartbeat in the last [`WORKER_GONE_AFTER`].
+    pub alive: u64,
+    /// Workers that said they stopped (in the last day).
+    pub stopped: u64,
+    /// Workers silent for longer than [`WORKER_GONE_AFTER`] without saying they stopped (in the
+    /// last day): crashed or cut off.
+    pub gone: u64,
+    /// The age of the oldest heartbeat among the alive workers (none without alive workers).
+    pub oldest_alive_heartbeat: Option<Duration>,
+}
+
 /// A worker that has not sent a heartbeat for this long is gone.
 pub const WORKER_GONE_AFTER: Duration = Duration::from_secs(30);
 
@@ -756,6 +770,34 @@ impl Queue {
                 })
             })
             .collect()
+    }
+
+    /// The workers seen in the last day counted by health, in one query (for metrics; see
+    /// [`workers`](Self::workers) for the list).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when the database does not answer.
+    pub async fn worker_health(&self) -> Result<WorkerHealth> {
+        let now = now_us();
+        let alive_since = now - i64::try_from(WORKER_GONE_AFTER.as_micros()).unwrap_or(i64::MAX / 2);
+        let (alive, stopped, gone, oldest): (i64, i64, i64, Option<i64>) = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT COUNT(CASE WHEN stopped_at IS NULL AND heartbeat_at >= $1 THEN 1 END), \
+                    COUNT(CASE WHEN stopped_at IS NOT NULL THEN 1 END), \
+                    COUNT(CASE WHEN stopped_at IS NULL AND heartbeat_at < $1 THEN 1 END), \
+                    MIN(CASE WHEN stopped_at IS NULL AND heartbeat_at >= $1 THEN heartbeat_at END) \
+             FROM workers"
+        )
+        .bind(alive_since)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| db_error("counting the workers", e))?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(WorkerHealth {
+            alive: count(alive),
+            stopped: count(stopped),
+            gone: count(gone),
+            oldest_alive_heartbeat: oldest.map(|t| Duration::from_micros(u64::try_from(now - t).unwrap_or(0))),
+        })
     }
 
     /// Deletes the jobs that finished before `older_than` ago, with their events; returns how

@@ -73,10 +73,20 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
         .with_member("checks", checks))
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics in the text exposition format: this process's (HTTP, jobs its workers
+/// ran, the process) and the whole queue's (depth, workers; read from the database at most once
+/// a second, left out when it does not answer).
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    metrics_text(&state.metrics, &state.queue_gauges).await
+}
+
+/// The answer of `/metrics`, for the daemon and for a worker's metrics listener.
+pub(crate) async fn metrics_text(
+    metrics: &crate::metrics::Metrics,
+    queue: &crate::metrics::QueueGauges,
+) -> impl IntoResponse + use<> {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render_with_queue(queue).await)
 }
 
 /// The public keys that check this instance's access tokens (RFC 7517), for other services that
