@@ -498,3 +498,70 @@ async fn webhooks_are_checked_then_called_signed() {
     assert_eq!(headers["x-cloudx-signature"].to_str().unwrap(), format!("sha256={expected}"));
     assert!(headers.contains_key("x-cloudx-delivery"));
 }
+
+/// A job submitted with an API key acts with that key's scopes, and only while the key is
+/// valid: revoked before the job runs, the job dies saying so.
+#[tokio::test]
+async fn a_job_submitted_with_a_key_needs_the_key_when_it_runs() {
+    let d = Daemon::start(&[("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"), ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0")]).await;
+    let (http, token) = session(&d, "ada@example.com").await;
+    let call = |token: &str, method: M, path: &str, body: Option<Value>| request(&http, &d, token, method, path, body);
+    let p: Value =
+        call(&token, M::POST, "/api/v1/projects", Some(json!({"name": "keys"}))).await.unwrap().json().await.unwrap();
+    let key = |name: &str| {
+        let body = json!({"name": name, "scopes": ["read", "write", "exec"]});
+        let r = call(&token, M::POST, "/api/v1/api-keys", Some(body));
+        async move {
+            let k: Value = r.await.unwrap().json().await.unwrap();
+            (k["id"].as_str().unwrap().to_owned(), k["secret"].as_str().unwrap().to_owned())
+        }
+    };
+    let (kept_id, kept) = key("kept").await;
+    let (revoked_id, revoked) = key("revoked").await;
+    let submit = |secret: String| {
+        let body = json!({"kind": "sandbox_exec", "project": p["id"], "payload": {"argv": ["true"]}});
+        let r = call(&secret, M::POST, "/api/v1/jobs", Some(body));
+        async move {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let job: Value = r.json().await.unwrap();
+            job["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let ok = submit(kept).await;
+    let dies = submit(revoked).await;
+    let job: Value = call(&token, M::GET, &format!("/api/v1/jobs/{ok}"), None).await.unwrap().json().await.unwrap();
+    assert_eq!(job["api_key"].as_str(), Some(kept_id.as_str()));
+    let r = call(&token, M::DELETE, &format!("/api/v1/api-keys/{revoked_id}"), None).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let worker = cloudx_core::queue::Worker::new(d.cx.queue().clone(), d.cx.builtin_handlers(), Default::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let working = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(stop).await }
+    });
+    let ended = |id: String| {
+        let (http, url, token) = (http.clone(), d.url(&format!("/api/v1/jobs/{id}")), token.clone());
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                loop {
+                    let job: Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+                    if ["succeeded", "dead", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                        return job;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .expect("the job ends")
+        }
+    };
+    let ok = ended(ok).await;
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    let dies = ended(dies).await;
+    assert_eq!(dies["status"], "dead", "{dies}");
+    assert!(dies["last_error"].as_str().unwrap().contains("revoked"), "{dies}");
+    stop.cancel();
+    working.await.unwrap().unwrap();
+}
