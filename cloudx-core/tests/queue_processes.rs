@@ -225,7 +225,7 @@ impl Instance {
         let mut child = cmd.spawn().unwrap();
         let (said, output) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(String::new())));
         let stdout = child.stdout.take().unwrap();
-        std::thread::spawn({
+        let reader = std::thread::spawn({
             let (said, output) = (said.clone(), output.clone());
             move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -245,7 +245,7 @@ impl Instance {
                 }
             }
         });
-        WorkerProcess { child, said, output }
+        WorkerProcess { child, said, output, reader: Some(reader) }
     }
 
     /// Submits an `effect` job doing `steps` on its attempts.
@@ -287,6 +287,8 @@ struct WorkerProcess {
     said: Arc<Mutex<Vec<String>>>,
     /// All it wrote (for failure messages).
     output: Arc<Mutex<String>>,
+    /// The thread reading its stdout, until the end.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WorkerProcess {
@@ -312,6 +314,10 @@ impl WorkerProcess {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Its last words may still be in the pipe: read them all.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
                 return status;
             }
             assert!(Instant::now() < deadline, "worker {} did not exit in time:\n{}", self.pid(), self.output());
@@ -341,14 +347,22 @@ impl Drop for WorkerProcess {
 
 /// Waits until one of `workers` reports `report`; which one.
 async fn reported(workers: &[&WorkerProcess], report: &str) -> usize {
+    reported_that(workers, report, |r| r == report).await.0
+}
+
+/// Waits until one of `workers` reports something `matches` accepts (`what` describes it);
+/// which one, and the report.
+async fn reported_that(workers: &[&WorkerProcess], what: &str, matches: impl Fn(&str) -> bool) -> (usize, String) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Some(n) = workers.iter().position(|w| w.said(report)) {
-            return n;
+        for (n, w) in workers.iter().enumerate() {
+            if let Some(report) = w.said.lock().unwrap().iter().find(|r| matches(r)) {
+                return (n, report.clone());
+            }
         }
         if Instant::now() >= deadline {
             let outputs: Vec<String> = workers.iter().map(|w| format!("worker {}:\n{}", w.pid(), w.output())).collect();
-            panic!("no worker reported `{report}` in time\n{}", outputs.join("\n"));
+            panic!("no worker reported `{what}` in time\n{}", outputs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -376,7 +390,7 @@ scenarios!(
 
 async fn a_killed_worker_s_job_runs_again_elsewhere_once(postgres: bool) {
     let Some(i) = instance(postgres).await else { return };
-    let mut workers = vec![i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
+    let mut workers = [i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
     // The first attempt works until a file that never comes; the next ones at once.
     let never = i.dir.path().join("never");
     let job = i.submit(json!([{ "until": never }])).await;
@@ -409,7 +423,7 @@ async fn a_killed_worker_s_job_runs_again_elsewhere_once(postgres: bool) {
 
 async fn a_frozen_worker_s_late_answers_are_refused(postgres: bool) {
     let Some(i) = instance(postgres).await else { return };
-    let mut workers = vec![i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
+    let mut workers = [i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
     // The first attempt holds its thread until the file comes, then answers on its own.
     let thaw = i.dir.path().join("thaw");
     let job = i.submit(json!([{ "until": thaw, "blocking": true }])).await;
@@ -423,7 +437,9 @@ async fn a_frozen_worker_s_late_answers_are_refused(postgres: bool) {
     // Thawed, the first makes its effect and completes the job late: both refused.
     std::fs::write(&thaw, b"").unwrap();
     workers[first].signal(Signal::SIGCONT);
-    reported(&[&workers[first]], &format!("late {} 1 effect=conflict complete=conflict", job.id)).await;
+    let late = format!("late {} 1 ", job.id);
+    let (_, said) = reported_that(&[&workers[first]], &late, |r| r.starts_with(&late)).await;
+    assert_eq!(said, format!("{late}effect=conflict complete=conflict"), "both late answers are refused");
     // Stopping it lets whatever else it had to say be said first.
     workers[first].stop().await;
     workers[other].stop().await;
@@ -446,7 +462,7 @@ async fn a_frozen_worker_s_late_answers_are_refused(postgres: bool) {
 
 async fn heartbeats_keep_a_long_job_from_another_process(postgres: bool) {
     let Some(i) = instance(postgres).await else { return };
-    let mut workers = vec![i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
+    let mut workers = [i.worker(1, PATIENCE), i.worker(1, PATIENCE)];
     let hold = LEASE * 4;
     let long = i.submit(json!([{ "hold_ms": hold.as_millis() }])).await;
     let holder = reported(&[&workers[0], &workers[1]], &format!("started {} 1", long.id)).await;
