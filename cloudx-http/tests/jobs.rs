@@ -104,6 +104,63 @@ async fn jobs_are_submitted_once_read_listed_and_cancelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_with_one_key_make_one_job_on_sqlite() {
+    concurrent_submissions_with_one_key_make_one_job(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_with_one_key_make_one_job_on_postgres() {
+    let Some(pg) = cloudx_core::testing::TestPostgres::create().await else { return };
+    concurrent_submissions_with_one_key_make_one_job(&[("CLOUDX_DATABASE__URL", pg.url())]).await;
+}
+
+/// 32 submissions at once with one idempotency key: one job, created once (201), the 31
+/// others answered with it (200); the key reused for another kind is a conflict.
+async fn concurrent_submissions_with_one_key_make_one_job(env: &[(&str, &str)]) {
+    let limits = [("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"), ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0")];
+    let d = Daemon::start(&[&limits[..], env].concat()).await;
+    let (http, token) = session(&d, "ada@example.com").await;
+    let p: Value = request(&http, &d, &token, M::POST, "/api/v1/projects", Some(json!({"name": "once"})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = p["id"].as_str().unwrap().to_owned();
+    let new =
+        json!({"kind": "sandbox_exec", "project": p, "payload": {"argv": ["true"]}, "idempotency_key": "nightly-7"});
+    let mut submissions = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let sent = request(&http, &d, &token, M::POST, "/api/v1/jobs", Some(new.clone()));
+        submissions.spawn(async move {
+            let r = sent.await.unwrap();
+            let status = r.status();
+            let job: Value = r.json().await.unwrap();
+            (status, job["id"].as_str().unwrap().to_owned())
+        });
+    }
+    let answers = submissions.join_all().await;
+    let created = answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    let again = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!((created, again), (1, 31), "{answers:?}");
+    let ids: std::collections::BTreeSet<&str> = answers.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one job for every submission: {ids:?}");
+    let listed: Value = request(&http, &d, &token, M::GET, &format!("/api/v1/jobs?project={p}"), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // The key names that job: for another kind it is refused.
+    let other = json!({"kind": "test_runner", "project": p, "payload": {}, "idempotency_key": "nightly-7"});
+    let r = request(&http, &d, &token, M::POST, "/api/v1/jobs", Some(other)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(problem(r).await["detail"].as_str().unwrap().contains("idempotency_key"));
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
     let d = Daemon::start(&[("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"), ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0")]).await;
     let worker = cloudx_core::queue::Worker::new(
