@@ -602,10 +602,10 @@ impl Queue {
         }
     }
 
-    /// Tells waiting workers that there is work: on SQLite one of this process's (one claim
-    /// per new job rather than one per worker: a worker that claims some claims again until it
-    /// gets none); on Postgres, every process's through `NOTIFY`, which comes back to this
-    /// process's workers through their `LISTEN`.
+    /// Tells waiting workers that there is work: on SQLite this process's; on Postgres, every
+    /// process's through `NOTIFY`, which comes back to this process's workers through their
+    /// `LISTEN`. Every waiting worker is woken: the workers of one process may run different
+    /// kinds, and one woken for a job it does not run would leave it to the next poll.
     ///
     /// Notifications are coalesced: Postgres holds a global lock from a notifying
     /// transaction's commit until it is durable, so a `NOTIFY` per submission would put every
@@ -613,7 +613,7 @@ impl Queue {
     /// every submission made before it began.
     fn wake_workers(&self) {
         let Database::Postgres(pool) = &self.db else {
-            self.wake.notify_one();
+            self.wake.notify_waiters();
             return;
         };
         self.notifier.pending.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -666,7 +666,7 @@ impl Queue {
                 // A reconnection may have missed notifications: wake everyone once.
                 wake.notify_waiters();
                 while listener.recv().await.is_ok() {
-                    wake.notify_one();
+                    wake.notify_waiters();
                 }
             }
         });
@@ -1000,7 +1000,6 @@ impl Queue {
         .await)
         .map_err(|e| db_error("completing the job", e))?;
         let job = job(row.ok_or_else(|| Self::lost(lease))?)?;
-        self.watchers.wake(job.id);
         self.watchers.wake(job.id);
         Ok(job)
     }

@@ -105,7 +105,10 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80 // link-local
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        || first == 0x0064 && ip.segments()[1] == 0xff9b) // NAT64 (maps IPv4, maybe private)
+        || first == 0x2001 && ip.segments()[1] == 0 // Teredo (embeds an IPv4 address)
+        || first == 0x2002 // 6to4 (embeds an IPv4 address)
+        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 (maps IPv4, maybe private)
+        || ip.segments()[..6] == [0; 6]) // IPv4-compatible (deprecated)
 }
 
 /// The instance's webhook settings and signing key.
@@ -213,6 +216,8 @@ impl Webhooks {
         let timestamp = chrono::Utc::now().timestamp();
         // The addresses checked are the ones used: no second lookup that could be rebound.
         let client = reqwest::Client::builder()
+            // A proxy from the environment would look the host up again itself.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(TIMEOUT)
             .resolve_to_addrs(&host, &addrs)
@@ -235,9 +240,10 @@ impl Webhooks {
     }
 }
 
-/// The pause before delivery attempt `attempts + 1`: 5 s, doubling, at most 10 minutes.
+/// The pause after failed delivery attempt `attempts` (from 1): 5 s, doubling, at most 10
+/// minutes.
 pub(super) fn pause(attempts: u32) -> Duration {
-    Duration::from_secs(5u64.saturating_mul(1 << attempts.min(7))).min(Duration::from_secs(600))
+    Duration::from_secs(5u64.saturating_mul(1 << attempts.saturating_sub(1).min(7))).min(Duration::from_secs(600))
 }
 
 #[cfg(test)]
@@ -264,6 +270,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001:0:a00:1::1",
+            "::a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} is internal");
         }

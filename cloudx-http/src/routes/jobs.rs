@@ -199,10 +199,24 @@ async fn job_events(
 /// How long a stream waits for a wake-up before reading again (events written by workers in
 /// other processes are seen this way).
 const EVENTS_POLL: Duration = Duration::from_millis(250);
+/// The longest wait between reads of a stream that sees nothing new.
+const EVENTS_POLL_MAX: Duration = Duration::from_secs(2);
 /// Events per read.
 const EVENTS_BATCH: u32 = 200;
 /// How often a stream checks that its user may still see the job.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether the credential a socket was opened with still holds: the account enabled, the API
+/// key (if one) neither revoked nor expired.
+async fn still_valid(state: &AppState, principal: &Principal) -> cloudx_core::Result<()> {
+    if let Principal::User { api_key: Some(key), .. } = principal {
+        return state.cx.auth().api_key_principal(*key).await.map(drop);
+    }
+    if principal.user_id().is_some() && state.cx.auth().me(principal).await?.disabled {
+        return Err(cloudx_core::Error::new(ErrorKind::Unauthenticated, "the account is disabled"));
+    }
+    Ok(())
+}
 
 /// Streams the job's events after `after` until the job ends, the client leaves, the user may
 /// no longer see the job, or the server stops.
@@ -217,12 +231,16 @@ async fn stream_events(
     let watch = state.cx.queue().watch(id);
     let mut connection = connection;
     let mut checked = tokio::time::Instant::now();
+    let mut idle = EVENTS_POLL;
     loop {
-        // Armed before reading, so that a wake-up during the reads is not missed.
-        let woken = watch.changed(EVENTS_POLL);
+        // Armed before reading, so that a wake-up during the reads is not missed. Reads that
+        // find nothing new space out the next ones (this process's events wake it at once;
+        // other processes' are seen within `idle`).
+        let woken = watch.changed(idle);
         if checked.elapsed() >= RECHECK {
-            // Access (membership, a disabled account) is checked again now and then.
-            if let Err(e) = state.cx.job(&principal, id).await {
+            // Checked again now and then: the credential (a disabled account, a revoked key)
+            // and the access (membership).
+            if let Err(e) = still_valid(&state, &principal).await.and(state.cx.job(&principal, id).await.map(drop)) {
                 crate::ws::close(&mut socket, crate::ws::code::POLICY, e.message()).await;
                 return;
             }
@@ -248,6 +266,7 @@ async fn stream_events(
                 }
             };
             let full = events.len() == EVENTS_BATCH as usize;
+            idle = if events.is_empty() { (idle * 2).min(EVENTS_POLL_MAX) } else { EVENTS_POLL };
             for event in events {
                 after = event.seq;
                 let text = serde_json::json!({ "event": event }).to_string();
