@@ -338,6 +338,8 @@ async fn bad_input_is_refused_by_name(postgres: bool) {
         (NewJob { max_attempts: Some(0), ..NewJob::new("k", json!(null)) }, "max_attempts"),
         (NewJob { max_attempts: Some(101), ..NewJob::new("k", json!(null)) }, "max_attempts"),
         (NewJob { idempotency_key: Some(String::new()), ..NewJob::new("k", json!(null)) }, "idempotency_key"),
+        (NewJob { idempotency_key: Some("a\0b".into()), ..NewJob::new("k", json!(null)) }, "NUL"),
+        (NewJob { callback_url: Some("gopher://x.example/".into()), ..NewJob::new("k", json!(null)) }, "callback_url"),
     ] {
         let err = q.submit(me, new).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);

@@ -274,6 +274,31 @@ async fn sandbox_exec_jobs_run_stream_commit_and_cancel() {
     d.stop().await.unwrap();
 }
 
+/// The job `id` once `until` holds for it (read every 100 ms, for at most 30 s).
+async fn job_when(http: &reqwest::Client, d: &Daemon, token: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let url = d.url(&format!("/api/v1/jobs/{id}"));
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let job: Value = http.get(&url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            if until(&job) {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {id} never got there"))
+}
+
+/// Submits a `test.talk` job of `project` as `me`, straight to the queue.
+async fn talk_job(d: &Daemon, me: uuid::Uuid, project: uuid::Uuid) -> cloudx_core::queue::Job {
+    let new = cloudx_core::queue::NewJob {
+        project: Some(project),
+        ..cloudx_core::queue::NewJob::new("test.talk", json!({}))
+    };
+    d.cx.queue().submit(me, new).await.unwrap()
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next text message of `socket` as JSON, or `{"close": code}`.
@@ -336,17 +361,7 @@ async fn events_stream_over_a_websocket() {
         let stop = stop.clone();
         async move { worker.run(stop).await }
     });
-    let job =
-        d.cx.queue()
-            .submit(
-                me,
-                cloudx_core::queue::NewJob {
-                    project: Some(project),
-                    ..cloudx_core::queue::NewJob::new("test.talk", json!({}))
-                },
-            )
-            .await
-            .unwrap();
+    let job = talk_job(&d, me, project).await;
     let ticket = |token: String| {
         let (http, url) = (http.clone(), d.url("/api/v1/auth/ws-ticket"));
         async move {
@@ -392,17 +407,7 @@ async fn events_stream_over_a_websocket() {
     assert_eq!(next(&mut socket).await, json!({"close": 1000}));
 
     // A stream open at shutdown is closed (going away), and the server waits for it.
-    let waiting =
-        d.cx.queue()
-            .submit(
-                me,
-                cloudx_core::queue::NewJob {
-                    project: Some(project),
-                    ..cloudx_core::queue::NewJob::new("test.talk", json!({}))
-                },
-            )
-            .await
-            .unwrap();
+    let waiting = talk_job(&d, me, project).await;
     let t = ticket(token.clone()).await;
     let url = format!("ws://{}/api/v1/jobs/{}/events?ticket={t}", d.addr, waiting.id);
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -509,31 +514,11 @@ async fn webhooks_are_checked_then_called_signed() {
         async move { worker.run(stop).await }
     });
     let id = job["id"].as_str().unwrap();
-    let delivered = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        loop {
-            let job: Value = call(M::GET, &format!("/api/v1/jobs/{id}"), None).await.unwrap().json().await.unwrap();
-            if job["callback_state"] == "delivered" {
-                return job;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the webhook is delivered");
+    let delivered = job_when(&http, &d, &token, id, |job| job["callback_state"] == "delivered").await;
     assert_eq!(delivered["status"], "succeeded");
     // A receiver that fails: kept pending, the error said, tried again later.
     let down = down["id"].as_str().unwrap();
-    let failed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        loop {
-            let job: Value = call(M::GET, &format!("/api/v1/jobs/{down}"), None).await.unwrap().json().await.unwrap();
-            if !job["callback_error"].is_null() {
-                return job;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the failed delivery is recorded");
+    let failed = job_when(&http, &d, &token, down, |job| !job["callback_error"].is_null()).await;
     assert_eq!(failed["callback_state"], "pending");
     assert!(failed["callback_error"].as_str().unwrap().contains("503"), "{failed}");
     stop.cancel();
@@ -598,25 +583,10 @@ async fn a_job_submitted_with_a_key_needs_the_key_when_it_runs() {
         let stop = stop.clone();
         async move { worker.run(stop).await }
     });
-    let ended = |id: String| {
-        let (http, url, token) = (http.clone(), d.url(&format!("/api/v1/jobs/{id}")), token.clone());
-        async move {
-            tokio::time::timeout(std::time::Duration::from_secs(30), async {
-                loop {
-                    let job: Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-                    if ["succeeded", "dead", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-                        return job;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            })
-            .await
-            .expect("the job ends")
-        }
-    };
-    let ok = ended(ok).await;
+    let ended = |job: &Value| ["succeeded", "dead", "cancelled"].contains(&job["status"].as_str().unwrap());
+    let ok = job_when(&http, &d, &token, &ok, ended).await;
     assert_eq!(ok["status"], "succeeded", "{ok}");
-    let dies = ended(dies).await;
+    let dies = job_when(&http, &d, &token, &dies, ended).await;
     assert_eq!(dies["status"], "dead", "{dies}");
     assert!(dies["last_error"].as_str().unwrap().contains("revoked"), "{dies}");
     stop.cancel();

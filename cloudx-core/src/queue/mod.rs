@@ -356,8 +356,8 @@ struct Completion {
 /// The task that sends this process's `NOTIFY`s (Postgres), coalesced.
 #[derive(Debug, Default)]
 struct Notifier {
-    /// Started once, on the first submission.
-    started: std::sync::OnceLock<()>,
+    /// The task, started on the first submission (and again if its runtime went away).
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Some submission has not been announced yet.
     pending: std::sync::atomic::AtomicBool,
     kick: tokio::sync::Notify,
@@ -556,6 +556,15 @@ impl Queue {
         if let Some(url) = &new.callback_url {
             webhook::parse_url(url)?;
         }
+        for (field, text) in [
+            ("kind", Some(kind)),
+            ("idempotency_key", new.idempotency_key.as_deref()),
+            ("callback_url", new.callback_url.as_deref()),
+        ] {
+            if text.is_some_and(|t| t.contains('\0')) {
+                return Err(Error::invalid(format!("{field}: contains a NUL character")));
+            }
+        }
         let now = now_us();
         let payload =
             serde_json::to_string(&new.payload).map_err(|e| Error::internal("cannot store the payload", e))?;
@@ -617,9 +626,10 @@ impl Queue {
             return;
         };
         self.notifier.pending.store(true, std::sync::atomic::Ordering::SeqCst);
-        if self.notifier.started.set(()).is_ok() {
+        let mut task = self.notifier.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if task.as_ref().is_none_or(tokio::task::AbortHandle::is_finished) {
             let (pool, notifier) = (pool.clone(), self.notifier.clone());
-            tokio::spawn(async move {
+            let spawned = tokio::spawn(async move {
                 loop {
                     while notifier.pending.swap(false, std::sync::atomic::Ordering::SeqCst) {
                         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await {
@@ -629,7 +639,9 @@ impl Queue {
                     notifier.kick.notified().await;
                 }
             });
+            *task = Some(spawned.abort_handle());
         }
+        drop(task);
         self.notifier.kick.notify_one();
     }
 
