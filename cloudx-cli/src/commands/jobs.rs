@@ -21,8 +21,9 @@ use crate::commands::target::Target;
 use crate::commands::users::table;
 use crate::print;
 
-/// How often a waiting command asks about its job.
-const POLL: Duration = Duration::from_millis(200);
+/// How often a waiting command asks about its job (two requests each time: well within the
+/// daemon's default per-address limit of 600 a minute, even for a few followers at once).
+const POLL: Duration = Duration::from_millis(500);
 /// How often it checks that a worker runs the job (workers beat every five seconds).
 const WORKER_CHECK: Duration = Duration::from_secs(5);
 /// Events read per request.

@@ -199,6 +199,10 @@ async fn job_events(
 /// How long a stream waits for a wake-up before reading again (events written by workers in
 /// other processes are seen this way).
 const EVENTS_POLL: Duration = Duration::from_millis(250);
+/// How often a stream pings its client.
+const PING: Duration = Duration::from_secs(20);
+/// How long a client may stay silent (no pong, no message) before its stream is closed.
+const SILENT: Duration = Duration::from_secs(60);
 /// The longest wait between reads of a stream that sees nothing new.
 const EVENTS_POLL_MAX: Duration = Duration::from_secs(2);
 /// Events per read.
@@ -232,7 +236,20 @@ async fn stream_events(
     let mut connection = connection;
     let mut checked = tokio::time::Instant::now();
     let mut idle = EVENTS_POLL;
+    // Pings find peers that vanished without closing (they would hold their slot until the
+    // job ends); any message from the client counts as an answer.
+    let (mut heard, mut pinged) = (tokio::time::Instant::now(), tokio::time::Instant::now());
     loop {
+        if heard.elapsed() >= SILENT {
+            crate::ws::close(&mut socket, crate::ws::code::GOING_AWAY, "no answer to pings").await;
+            return;
+        }
+        if pinged.elapsed() >= PING {
+            if socket.send(Message::Ping(Default::default())).await.is_err() {
+                return;
+            }
+            pinged = tokio::time::Instant::now();
+        }
         // Armed before reading, so that a wake-up during the reads is not missed. Reads that
         // find nothing new space out the next ones (this process's events wake it at once;
         // other processes' are seen within `idle`).
@@ -298,9 +315,10 @@ async fn stream_events(
                 return;
             }
             message = socket.recv() => match message {
-                // The client speaks only to ping (answered by the library) or to leave.
+                // The client speaks only to ping (answered by the library), to answer our
+                // pings, or to leave.
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
         }
     }
