@@ -315,6 +315,30 @@ impl Auth {
         Ok(Principal::User { id: user, role: parse_role(&role), scopes, api_key: Some(id) })
     }
 
+    /// `principal` as it stands now, for work done on its behalf later (a job, an open
+    /// stream): an API key's principal again (see [`Auth::api_key_principal`]), an account's
+    /// with its current role, the system principal as it is.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unauthenticated`] for a key that is gone, revoked or expired, or an account
+    /// that is disabled; [`ErrorKind::NotFound`] for an account that is gone.
+    pub async fn current(&self, principal: &Principal) -> Result<Principal> {
+        match principal {
+            Principal::User { api_key: Some(key), .. } => self.api_key_principal(*key).await,
+            Principal::User { id, scopes, .. } => {
+                let user = self.me(principal).await?;
+                if user.disabled {
+                    return Err(Error::new(
+                        ErrorKind::Unauthenticated,
+                        format!("the account {} is disabled", user.email),
+                    ));
+                }
+                Ok(Principal::User { id: *id, role: user.role, scopes: *scopes, api_key: None })
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
     /// Checks a bearer credential of either kind: an API key (`cxk_...`) or an access token.
     ///
     /// # Errors

@@ -16,7 +16,7 @@ use super::{Handlers, JobContext, JobError};
 use crate::auth::audit::Client;
 use crate::cloudx::Cloudx;
 use crate::error::{Error, ErrorKind};
-use crate::principal::{Principal, Role};
+use crate::principal::{Principal, Role, Scopes};
 use crate::sandbox::{OutputChunk, ProjectExec, ProjectRun};
 
 impl Cloudx {
@@ -45,24 +45,21 @@ pub(super) fn job_error(e: &Error) -> JobError {
 /// Who a job acts as: the API key it was submitted with (its scopes, while the key is valid),
 /// else the account that submitted it, with its current role.
 pub(super) async fn submitter(cx: &Cloudx, job: &super::Job) -> Result<Principal, JobError> {
-    let id = job.created_by;
-    if let Some(key) = job.api_key {
-        // Submitted with an API key: the job has that key's scopes, while the key is valid.
-        return cx.auth().api_key_principal(key).await.map_err(|e| match e.kind() {
-            ErrorKind::Unauthenticated => {
-                JobError::Fatal(format!("the API key the job was submitted with: {}", e.message()))
-            }
-            _ => job_error(&e),
-        });
-    }
-    if id.is_nil() {
-        return Ok(Principal::System);
-    }
-    let user = cx.auth().me(&Principal::user(id, Role::Member)).await.map_err(|e| job_error(&e))?;
-    if user.disabled {
-        return Err(JobError::Fatal(format!("the account that submitted the job ({}) is disabled", user.email)));
-    }
-    Ok(Principal::user(user.id, user.role))
+    let submitted = match job.api_key {
+        _ if job.created_by.is_nil() => Principal::System,
+        Some(key) => {
+            Principal::User { id: job.created_by, role: Role::Member, scopes: Scopes::ALL, api_key: Some(key) }
+        }
+        None => Principal::user(job.created_by, Role::Member),
+    };
+    cx.auth().current(&submitted).await.map_err(|e| match e.kind() {
+        ErrorKind::Unauthenticated | ErrorKind::NotFound => {
+            let whom =
+                if job.api_key.is_some() { "the API key the job was submitted with" } else { "the job's submitter" };
+            JobError::Fatal(format!("{whom}: {}", e.message()))
+        }
+        _ => job_error(&e),
+    })
 }
 
 async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, JobError> {

@@ -210,18 +210,6 @@ const EVENTS_BATCH: u32 = 200;
 /// How often a stream checks that its user may still see the job.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// Whether the credential a socket was opened with still holds: the account enabled, the API
-/// key (if one) neither revoked nor expired.
-async fn still_valid(state: &AppState, principal: &Principal) -> cloudx_core::Result<()> {
-    if let Principal::User { api_key: Some(key), .. } = principal {
-        return state.cx.auth().api_key_principal(*key).await.map(drop);
-    }
-    if principal.user_id().is_some() && state.cx.auth().me(principal).await?.disabled {
-        return Err(cloudx_core::Error::new(ErrorKind::Unauthenticated, "the account is disabled"));
-    }
-    Ok(())
-}
-
 /// Streams the job's events after `after` until the job ends, the client leaves, the user may
 /// no longer see the job, or the server stops.
 async fn stream_events(
@@ -257,7 +245,9 @@ async fn stream_events(
         if checked.elapsed() >= RECHECK {
             // Checked again now and then: the credential (a disabled account, a revoked key)
             // and the access (membership).
-            if let Err(e) = still_valid(&state, &principal).await.and(state.cx.job(&principal, id).await.map(drop)) {
+            if let Err(e) =
+                state.cx.auth().current(&principal).await.map(drop).and(state.cx.job(&principal, id).await.map(drop))
+            {
                 crate::ws::close(&mut socket, crate::ws::code::POLICY, e.message()).await;
                 return;
             }
