@@ -545,7 +545,7 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
                 && is_data_chunk
                 && sent >= limit
             {
-                let _ = tx.send(Err(std::io::Error::other("cut by the script"))).await;
+                cut(&tx).await;
                 return;
             }
             let bytes = match event {
@@ -564,7 +564,7 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
                     half -= 1;
                 }
                 let _ = tx.send(Ok(Bytes::from(bytes[..half].to_owned()))).await;
-                let _ = tx.send(Err(std::io::Error::other("cut by the script"))).await;
+                cut(&tx).await;
                 return;
             } else {
                 bytes
@@ -595,4 +595,11 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
         response.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
     }
     response
+}
+
+/// Drops the connection: a body error makes hyper abort it without the final chunk. It would
+/// also drop what is still in its write buffer, so the chunks sent before get a moment to go out.
+async fn cut(tx: &mpsc::Sender<Chunk>) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx.send(Err(std::io::Error::other("cut by the script"))).await;
 }

@@ -1,0 +1,3 @@
+//! The coding agent: the model client, its tools and the tool loop.
+
+pub mod llm;
