@@ -81,6 +81,9 @@ pub(crate) enum Command {
     /// The sandbox on this host.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// The model endpoint of the agent (the [llm] configuration).
+    #[command(subcommand)]
+    Llm(LlmCommand),
     /// Print the version.
     Version,
 }
@@ -497,6 +500,20 @@ pub(crate) struct ServeArgs {
     /// The address to listen on, IP:PORT (overrides http.bind; default 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LlmCommand {
+    /// Check the configured endpoint: the model is listed, answers, streams and calls a tool.
+    /// Exits 1 when a check fails.
+    Check(LlmCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LlmCheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,7 @@ use clap::Parser as _;
 use cloudx_core::ErrorKind;
 use cloudx_core::config::{ConfigError, Profile};
 
-use crate::args::{Cli, Command, ConfigCommand};
+use crate::args::{Cli, Command, ConfigCommand, LlmCommand};
 
 /// Exit codes beyond 0 (success) and 2 (usage, from clap), after sysexits.h.
 mod exit {
@@ -109,6 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(commands::projects::storage(config, command))
         }
         Command::Run(_) => unreachable!("handled in main"),
+        Command::Llm(LlmCommand::Check(args)) => {
+            let config = commands::load_config(&global, |l| l)?;
+            init_logging(config.profile, "warn");
+            runtime()?.block_on(commands::llm::check(&config, args.json))
+        }
         Command::Sandbox(command) => {
             let config = commands::load_config(&global, |l| l)?;
             commands::sandbox::sandbox(&config, command)

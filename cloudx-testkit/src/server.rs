@@ -462,7 +462,7 @@ fn respond(shared: &Arc<Shared>, turn: Turn, ctx: &Ctx, stream: bool) -> Respons
             let mut events = vec![Event::Json(ctx.chunk(json!({"role": "assistant", "content": null}), None))];
             if let Some(text) = &content {
                 events.extend(
-                    split_even(&text, turn.chunks)
+                    split_even(text, turn.chunks)
                         .into_iter()
                         .map(|p| Event::Json(ctx.chunk(json!({"content": p}), None))),
                 );
@@ -526,7 +526,6 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
     let sse = content_type == "text/event-stream";
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.clone();
-        let mut sent = 0usize;
         for (i, event) in events.into_iter().enumerate() {
             let wait = match event {
                 Event::Stamped => interval,
@@ -543,7 +542,7 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
             let is_data_chunk = !matches!(&event, Event::Raw(r) if r.starts_with("data: [DONE]"));
             if let Some(limit) = cut_after
                 && is_data_chunk
-                && sent >= limit
+                && i >= limit
             {
                 cut(&tx).await;
                 return;
@@ -573,7 +572,6 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
                 shared.disconnects.fetch_add(1, Ordering::SeqCst);
                 return;
             }
-            sent += 1;
         }
         if stall {
             tokio::select! {

@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 pub(crate) mod jobs;
+pub(crate) mod llm;
 pub(crate) mod projects;
 pub(crate) mod remote;
 pub(crate) mod sandbox;
