@@ -64,6 +64,7 @@ macro_rules! in_write_tx {
 }
 
 pub mod access;
+pub mod agent;
 pub mod auth;
 mod cloudx;
 pub mod config;
