@@ -33,7 +33,7 @@ impl Cloudx {
 }
 
 /// Whether trying again could help with `e`.
-pub(super) fn job_error(e: &Error) -> JobError {
+pub(crate) fn job_error(e: &Error) -> JobError {
     match e.kind() {
         ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::RateLimited => {
             JobError::Retry(e.message().to_owned())
@@ -44,7 +44,7 @@ pub(super) fn job_error(e: &Error) -> JobError {
 
 /// Who a job acts as: the API key it was submitted with (its scopes, while the key is valid),
 /// else the account that submitted it, with its current role.
-pub(super) async fn submitter(cx: &Cloudx, job: &super::Job) -> Result<Principal, JobError> {
+pub(crate) async fn submitter(cx: &Cloudx, job: &super::Job) -> Result<Principal, JobError> {
     let submitted = match job.api_key {
         _ if job.created_by.is_nil() => Principal::System,
         Some(key) => {
@@ -77,7 +77,7 @@ async fn sandbox_exec(cx: Cloudx, job: JobContext) -> Result<serde_json::Value, 
 ///
 /// # Errors
 /// The run's errors as [`JobError`]s ([`job_error`]).
-pub(super) async fn run_streaming(
+pub(crate) async fn run_streaming(
     cx: &Cloudx,
     job: &JobContext,
     actor: &Principal,

@@ -11,7 +11,7 @@
 //! This is the mechanism; who may submit, see and cancel which job is decided by the facade.
 
 mod batch;
-mod handlers;
+pub(crate) mod handlers;
 mod jobs;
 pub mod test_runner;
 mod watch;

@@ -449,18 +449,45 @@ pub(super) async fn test_runner(cx: Cloudx, job: JobContext) -> Result<serde_jso
         let field = if at == "." { String::new() } else { format!("{at}: ") };
         fatal(format!("the payload is not a test run (command, version, limits, env): {field}{}", e.inner()))
     })?;
+    check_command(&request)?;
+    let actor = submitter(&cx, &job.job).await?;
+    let report = run_tests(&cx, &job, &actor, project, request).await?;
+    serde_json::to_value(&report).map_err(|e| fatal(format!("the report cannot be stored: {e}")))
+}
+
+/// A given command must name a program.
+fn check_command(request: &TestRun) -> Result<(), JobError> {
     if request.command.as_ref().is_some_and(|c| c.first().is_none_or(String::is_empty)) {
         return Err(fatal("command: give a program and its arguments, or leave it out to detect the tests"));
     }
-    let actor = submitter(&cx, &job.job).await?;
-    let tree = cx.storage().list_files(&actor, project, "", request.version, true).await.map_err(|e| job_error(&e))?;
+    Ok(())
+}
+
+/// Runs the project's tests as `actor` within `job` (the `test_runner` handler after its payload
+/// is read; the agent's `run_tests` tool): the command given or detected at the version run,
+/// its output streamed as the job's `stdout` / `stderr` events, read into a report. A missing
+/// toolchain is a report (status `toolchain_missing`), not an error.
+///
+/// # Errors
+/// [`JobError::Fatal`] for a command that names no program or tests that cannot be detected,
+/// the errors of listing the project and of [`run_streaming`] (`Retry("stopped")` when the job
+/// is cancelled).
+pub(crate) async fn run_tests(
+    cx: &Cloudx,
+    job: &JobContext,
+    actor: &Principal,
+    project: Uuid,
+    request: TestRun,
+) -> Result<TestReport, JobError> {
+    check_command(&request)?;
+    let tree = cx.storage().list_files(actor, project, "", request.version, true).await.map_err(|e| job_error(&e))?;
     // Everything that follows uses this version, whatever is committed meanwhile.
     let version = tree.version;
     let files: Vec<String> = tree.entries.into_iter().filter(|e| !e.folder).map(|e| e.path).collect();
     let mut configs = BTreeMap::new();
     for name in ["pyproject.toml", "setup.cfg", "tox.ini"] {
         if files.iter().any(|f| f == name)
-            && let Some(text) = small_file(&cx, &actor, project, name, version).await
+            && let Some(text) = small_file(cx, actor, project, name, version).await
         {
             configs.insert(name, text);
         }
@@ -478,10 +505,10 @@ pub(super) async fn test_runner(cx: Cloudx, job: JobContext) -> Result<serde_jso
             )));
         }
     };
-    let policy = cx.sandbox_policy(&actor, project).await.map_err(|e| job_error(&e))?;
+    let policy = cx.sandbox_policy(actor, project).await.map_err(|e| job_error(&e))?;
     let env = environment(&policy.binds, &request.env);
     if let Some(message) = missing_toolchain(&plan.command[0], &env, &policy.binds, &cx.config().sandbox.bindable) {
-        let report = TestReport {
+        return Ok(TestReport {
             status: TestStatus::ToolchainMissing,
             language: plan.language,
             command: plan.command,
@@ -494,8 +521,7 @@ pub(super) async fn test_runner(cx: Cloudx, job: JobContext) -> Result<serde_jso
             failures: Vec::new(),
             truncated: false,
             message: Some(message),
-        };
-        return serde_json::to_value(&report).map_err(|e| fatal(format!("the report cannot be stored: {e}")));
+        });
     }
     let exec = ProjectExec {
         argv: plan.command.clone(),
@@ -504,9 +530,8 @@ pub(super) async fn test_runner(cx: Cloudx, job: JobContext) -> Result<serde_jso
         version: Some(version),
         ..ProjectExec::default()
     };
-    let run = run_streaming(&cx, &job, &actor, project, exec).await?;
-    let report = report(&plan, run.version, &run.outcome);
-    serde_json::to_value(&report).map_err(|e| fatal(format!("the report cannot be stored: {e}")))
+    let run = run_streaming(cx, job, actor, project, exec).await?;
+    Ok(report(&plan, run.version, &run.outcome))
 }
 
 #[cfg(test)]
