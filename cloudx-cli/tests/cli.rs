@@ -223,7 +223,7 @@ fn migrate_applies_then_reports_up_to_date() {
         text(&first.stdout)
     );
     let second = run(cloudx(dir.path()).args(["migrate", "--data-dir", "state"]));
-    assert!(text(&second.stdout).contains("is up to date at schema version 9"), "{}", text(&second.stdout));
+    assert!(text(&second.stdout).contains("is up to date at schema version 10"), "{}", text(&second.stdout));
     assert!(dir.path().join("state/cloudx.db").is_file());
 }
 
@@ -892,4 +892,88 @@ fn is_log_line(line: &str) -> bool {
         && at.as_bytes()[..4].iter().all(u8::is_ascii_digit)
         && at.ends_with('Z')
         && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+}
+
+/// Signs in as the administrator made by [`add_local_admin`] over HTTP; answers the token.
+async fn http_login(serve: &Serve) -> String {
+    let password = ADMIN_PASSWORD.trim_end();
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(serve.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": "root@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_agent_task_resumes_after_the_daemon_restarts() {
+    use cloudx_testkit::{ScriptedLlm, Turn};
+    // The first answer streams slowly and is interrupted by the restart; the task's job is
+    // released on shutdown and taken again by the restarted daemon, which asks again.
+    let llm = ScriptedLlm::start([
+        Turn::text("thinking ".repeat(100)).chunks(100).delay(Duration::from_millis(100)),
+        Turn::text("done after the restart"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    add_local_admin(dir.path());
+    let base = llm.base_url();
+    let env = [("CLOUDX_LLM__BASE_URL", base.as_str()), ("CLOUDX_LLM__MODEL", "scripted-model"), ("CLOUDX_WORKER__GRACE", "1s")];
+    let serve = Serve::start(dir.path(), &env);
+    let token = http_login(&serve).await;
+    let http = reqwest::Client::new();
+    let call = |serve: &Serve, path: &str, body: Option<serde_json::Value>| {
+        let req = match body {
+            Some(b) => http.post(serve.url(path)).json(&b),
+            None => http.get(serve.url(path)),
+        };
+        let req = req.bearer_auth(&token);
+        async move {
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let p = call(&serve, "/api/v1/projects", Some(serde_json::json!({"name": "restart"}))).await;
+    let c = call(&serve, &format!("/api/v1/projects/{}/conversations", p["id"].as_str().unwrap()), Some(serde_json::json!({}))).await;
+    let c = c["id"].as_str().unwrap().to_owned();
+    let task = call(&serve, &format!("/api/v1/conversations/{c}/messages"), Some(serde_json::json!({"text": "think"}))).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = call(&serve, &format!("/api/v1/conversations/{c}/events?after=0&wait=1"), None).await;
+        if page["events"].as_array().unwrap().iter().any(|e| e["kind"] == "delta") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the answer never started streaming");
+    }
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(15)).success());
+
+    let serve = Serve::start(dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let t = call(&serve, &format!("/api/v1/tasks/{id}"), None).await;
+        if matches!(t["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the task hangs: {t:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((task["status"].as_str(), task["answer"].as_str()), (Some("succeeded"), Some("done after the restart")), "{task:#}");
+    assert_eq!(llm.requests().len(), 2);
+    let page = call(&serve, &format!("/api/v1/conversations/{c}/events?after=0"), None).await;
+    let statuses: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "status")
+        .map(|e| e["data"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "queued", "running", "succeeded"], "{page:#}");
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
 }

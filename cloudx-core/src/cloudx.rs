@@ -46,6 +46,8 @@ struct Inner {
     webhooks: Arc<crate::queue::webhook::Webhooks>,
     /// The sandbox, made on first use (or why it cannot be).
     sandbox: std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>>,
+    /// The model client of the agent, made on first use (its TLS set-up is not free).
+    model: std::sync::OnceLock<crate::agent::llm::Model>,
 }
 
 impl Cloudx {
@@ -115,6 +117,7 @@ impl Cloudx {
                 webhooks,
                 storage,
                 sandbox: std::sync::OnceLock::new(),
+                model: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -136,6 +139,15 @@ impl Cloudx {
 
     pub(crate) fn sandbox_cell(&self) -> &std::sync::OnceLock<std::result::Result<crate::sandbox::Sandbox, String>> {
         &self.inner.sandbox
+    }
+
+    /// The agent's model client, made once.
+    pub(crate) fn model(&self) -> Result<crate::agent::llm::Model> {
+        if let Some(model) = self.inner.model.get() {
+            return Ok(model.clone());
+        }
+        let model = crate::agent::llm::Model::new(&self.inner.config.llm)?;
+        Ok(self.inner.model.get_or_init(|| model).clone())
     }
 
     /// The durable job queue.

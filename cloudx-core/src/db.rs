@@ -25,8 +25,8 @@ macro_rules! migrations {
     };
 }
 
-const SQLITE_MIGRATIONS: &[Embedded] = migrations!("sqlite": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_tickets_and_deletions"), (4, "0004_projects"), (5, "0005_sandbox_policy"), (6, "0006_jobs"), (7, "0007_workers"), (8, "0008_jobs_ready_index"), (9, "0009_jobs_keys_callbacks"));
-const POSTGRES_MIGRATIONS: &[Embedded] = migrations!("postgres": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_tickets_and_deletions"), (4, "0004_projects"), (5, "0005_sandbox_policy"), (6, "0006_jobs"), (7, "0007_workers"), (8, "0008_jobs_ready_index"), (9, "0009_jobs_keys_callbacks"));
+const SQLITE_MIGRATIONS: &[Embedded] = migrations!("sqlite": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_tickets_and_deletions"), (4, "0004_projects"), (5, "0005_sandbox_policy"), (6, "0006_jobs"), (7, "0007_workers"), (8, "0008_jobs_ready_index"), (9, "0009_jobs_keys_callbacks"), (10, "0010_agent"));
+const POSTGRES_MIGRATIONS: &[Embedded] = migrations!("postgres": (1, "0001_instance"), (2, "0002_auth"), (3, "0003_tickets_and_deletions"), (4, "0004_projects"), (5, "0005_sandbox_policy"), (6, "0006_jobs"), (7, "0007_workers"), (8, "0008_jobs_ready_index"), (9, "0009_jobs_keys_callbacks"), (10, "0010_agent"));
 
 /// The Postgres advisory lock key held while migrating ("cloudx" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x636c_6f75_6478_0001;

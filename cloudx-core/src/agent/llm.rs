@@ -282,8 +282,10 @@ impl Model {
             .with_api_key(key)
             .with_org_id(organization)
             .with_project_id("");
+        // An idle limit, not a total one: a long answer may stream for longer, as long as it
+        // keeps coming.
         let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
+            .read_timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| {

@@ -14,7 +14,6 @@
 //! `file_write` / `file_delete` / `sandbox_exec` / `workspace_commit` entries the facade makes.
 
 // Until the agent's loop (agent/run.rs) calls the tool box, only the tests do.
-#![cfg_attr(not(feature = "testing"), allow(dead_code))]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,19 +37,7 @@ use crate::queue::{JobContext, JobError};
 use crate::sandbox::{Limits, ProjectExec, ProjectRun};
 use crate::storage::{ByteStream, PutOptions};
 
-// ---- BEGIN temporary: `ToolSpec` lives in `agent/llm.rs`. At merge, delete this block and
-// `use super::llm::ToolSpec;`. ----
-/// A tool the model may call (name, description, JSON Schema of its arguments).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolSpec {
-    /// The name the model calls it by.
-    pub name: String,
-    /// What it does, for the model.
-    pub description: String,
-    /// The JSON Schema of its arguments (an object).
-    pub parameters: serde_json::Value,
-}
-// ---- END temporary ----
+pub use super::llm::ToolSpec;
 
 /// Files larger than this are not read whole (read_file, apply_patch).
 const MAX_TEXT_FILE: u64 = 8 << 20;

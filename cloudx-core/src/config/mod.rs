@@ -554,11 +554,27 @@ pub struct LlmConfig {
     pub api_key: Option<Secret>,
     /// The OpenAI organisation header, if any.
     pub organization: Option<String>,
-    /// The longest a single model request may take.
+    /// The longest the model endpoint may stay silent: before it answers, or between two
+    /// pieces of a streamed answer.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// How many times a 429 or 5xx answer is retried.
+    /// How many times a 429 or 5xx answer (or a stream cut before its end) is retried.
     pub max_retries: u32,
+    /// The most model requests one agent task may make.
+    pub max_steps: u32,
+    /// The most tokens (prompt and completion, as the endpoint counts them) one agent task
+    /// may use.
+    pub max_task_tokens: u64,
+    /// The longest one agent task may take, from its start to its answer (retries and
+    /// restarts included).
+    #[serde(with = "humantime_serde")]
+    pub task_timeout: Duration,
+    /// The model's context window, in tokens: older tool output is trimmed, then older
+    /// exchanges left out, to keep each request within about three quarters of it.
+    pub context_tokens: u64,
+    /// The most a tool's result sends back to the model (longer output is cut, keeping its
+    /// start and end; a file read that large is refused with its line count).
+    pub max_tool_output: ByteSize,
 }
 
 impl Default for LlmConfig {
@@ -570,6 +586,11 @@ impl Default for LlmConfig {
             organization: None,
             request_timeout: Duration::from_secs(120),
             max_retries: 4,
+            max_steps: 40,
+            max_task_tokens: 1_000_000,
+            task_timeout: Duration::from_secs(30 * 60),
+            context_tokens: 64_000,
+            max_tool_output: ByteSize::kib(16),
         }
     }
 }
@@ -764,6 +785,7 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
         ("http.request_timeout", config.http.request_timeout),
         ("database.acquire_timeout", config.database.acquire_timeout),
         ("llm.request_timeout", config.llm.request_timeout),
+        ("llm.task_timeout", config.llm.task_timeout),
     ] {
         if value.is_zero() {
             problems.push(value_problem(key, &"0s", "must be longer than zero".into()));
@@ -782,6 +804,26 @@ pub(crate) fn validate(config: &CloudxConfig, problems: &mut Vec<ConfigProblem>)
     }
     if config.llm.model.trim().is_empty() {
         problems.push(value_problem("llm.model", &"", "must name a model".into()));
+    }
+    if config.llm.max_steps == 0 {
+        problems.push(value_problem("llm.max_steps", &0, "must be at least 1".into()));
+    }
+    if config.llm.max_task_tokens == 0 {
+        problems.push(value_problem("llm.max_task_tokens", &0, "must be at least 1".into()));
+    }
+    if config.llm.context_tokens < 2048 {
+        problems.push(value_problem(
+            "llm.context_tokens",
+            &config.llm.context_tokens,
+            "must be at least 2048 (the system prompt and the tools take about 1500)".into(),
+        ));
+    }
+    if !(1024..=(4 << 20)).contains(&config.llm.max_tool_output.as_u64()) {
+        problems.push(value_problem(
+            "llm.max_tool_output",
+            &config.llm.max_tool_output,
+            "must be between 1 KiB and 4 MiB".into(),
+        ));
     }
     if !(1..=1024).contains(&config.worker.concurrency) {
         problems.push(value_problem(

@@ -7,6 +7,7 @@
 //!   committed). A cancelled job kills its sandbox.
 //! - `test_runner`: the project's tests (their command detected, or given) run the same way,
 //!   read into a [`TestReport`](super::TestReport); see [`super::test_runner`].
+//! - `codegen`: an agent task (see [`crate::agent`]); its payload names the task.
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ use crate::principal::{Principal, Role, Scopes};
 use crate::sandbox::{OutputChunk, ProjectExec, ProjectRun};
 
 impl Cloudx {
-    /// Handlers for the job kinds cloudx runs itself (`sandbox_exec`, `test_runner`); an
+    /// Handlers for the job kinds cloudx runs itself (`sandbox_exec`, `test_runner`, `codegen`); an
     /// embedding program adds its own with [`Handlers::register`].
     pub fn builtin_handlers(&self) -> Handlers {
         let mut handlers = Handlers::new();
@@ -28,6 +29,8 @@ impl Cloudx {
         handlers.register("sandbox_exec", move |job| sandbox_exec(cx.clone(), job));
         let cx = self.clone();
         handlers.register("test_runner", move |job| super::test_runner::test_runner(cx.clone(), job));
+        let cx = self.clone();
+        handlers.register(crate::agent::CODEGEN, move |job| crate::agent::run::codegen(cx.clone(), job));
         handlers
     }
 }
