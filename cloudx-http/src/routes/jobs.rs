@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{FromRequestParts as _, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
-use cloudx_core::ErrorKind;
 use cloudx_core::Principal;
 use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
 use serde::Deserialize;
@@ -179,36 +178,25 @@ async fn job_events(
     request: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
     let (mut parts, _) = request.into_parts();
-    if !parts.headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    if !crate::ws::is_upgrade(&parts.headers) {
         let caller = Caller::from_request_parts(&mut parts, &state).await?;
         let events = state.cx.job_events(caller.principal(), id, query.after, query.limit.unwrap_or(1000)).await?;
         return Ok(Json(events).into_response());
     }
-    crate::ws::check_origin(&parts.headers, &state.cx.config().http)?;
-    let principal = crate::ws::redeem(&state, query.ticket.as_deref()).await?;
+    let principal = crate::ws::admit(&state, &parts.headers, query.ticket.as_deref()).await?;
     // Checked before the upgrade, so that a job the caller may not see is a plain 404.
     state.cx.job(&principal, id).await?;
-    let connection = parts.extensions.get::<crate::ws::Connection>().cloned();
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::InvalidInput, format!("not a WebSocket upgrade: {e}")))?;
-    Ok(crate::ws::configure(upgrade)
-        .on_upgrade(move |socket| stream_events(state, principal, id, query.after, socket, connection)))
+    let (upgrade, connection) = crate::ws::accept(&mut parts, &state).await?;
+    Ok(upgrade.on_upgrade(move |socket| stream_events(state, principal, id, query.after, socket, connection)))
 }
 
 /// How long a stream waits for a wake-up before reading again (events written by workers in
 /// other processes are seen this way).
 const EVENTS_POLL: Duration = Duration::from_millis(250);
-/// How often a stream pings its client.
-const PING: Duration = Duration::from_secs(20);
-/// How long a client may stay silent (no pong, no message) before its stream is closed.
-const SILENT: Duration = Duration::from_secs(60);
 /// The longest wait between reads of a stream that sees nothing new.
 const EVENTS_POLL_MAX: Duration = Duration::from_secs(2);
 /// Events per read.
 const EVENTS_BATCH: u32 = 200;
-/// How often a stream checks that its user may still see the job.
-const RECHECK: Duration = Duration::from_secs(5);
 
 /// Streams the job's events after `after` until the job ends, the client leaves, the user may
 /// no longer see the job, or the server stops.
@@ -221,38 +209,20 @@ async fn stream_events(
     connection: Option<crate::ws::Connection>,
 ) {
     let watch = state.cx.queue().watch(id);
-    let mut connection = connection;
-    let mut checked = tokio::time::Instant::now();
+    let mut watchdog = crate::ws::Watchdog::new(connection);
     let mut idle = EVENTS_POLL;
-    // Pings find peers that vanished without closing (they would hold their slot until the
-    // job ends); any message from the client counts as an answer.
-    let (mut heard, mut pinged) = (tokio::time::Instant::now(), tokio::time::Instant::now());
     loop {
-        if heard.elapsed() >= SILENT {
-            crate::ws::close(&mut socket, crate::ws::code::GOING_AWAY, "no answer to pings").await;
+        let check = || async {
+            state.cx.auth().current(&principal).await?;
+            state.cx.job(&principal, id).await.map(drop)
+        };
+        if !watchdog.keep(&mut socket, check).await {
             return;
-        }
-        if pinged.elapsed() >= PING {
-            if socket.send(Message::Ping(Default::default())).await.is_err() {
-                return;
-            }
-            pinged = tokio::time::Instant::now();
         }
         // Armed before reading, so that a wake-up during the reads is not missed. Reads that
         // find nothing new space out the next ones (this process's events wake it at once;
         // other processes' are seen within `idle`).
         let woken = watch.changed(idle);
-        if checked.elapsed() >= RECHECK {
-            // Checked again now and then: the credential (a disabled account, a revoked key)
-            // and the access (membership).
-            if let Err(e) =
-                state.cx.auth().current(&principal).await.map(drop).and(state.cx.job(&principal, id).await.map(drop))
-            {
-                crate::ws::close(&mut socket, crate::ws::code::POLICY, e.message()).await;
-                return;
-            }
-            checked = tokio::time::Instant::now();
-        }
         // The job's state first, then the events: an ended job's last events are in the
         // database before its end is, so after reading them all nothing more comes.
         let job = match state.cx.queue().get(id).await {
@@ -292,24 +262,8 @@ async fn stream_events(
             }
             return;
         }
-        let closing = async {
-            match &mut connection {
-                Some(connection) => connection.closing().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = woken => {}
-            () = closing => {
-                crate::ws::close(&mut socket, crate::ws::code::GOING_AWAY, "the server is shutting down").await;
-                return;
-            }
-            message = socket.recv() => match message {
-                // The client speaks only to ping (answered by the library), to answer our
-                // pings, or to leave.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => heard = tokio::time::Instant::now(),
-            },
+        if let crate::ws::Turn::Stop = watchdog.wait(&mut socket, woken).await {
+            return;
         }
     }
 }
