@@ -1,5 +1,6 @@
 //! The routes, one module per area, assembled with their OpenAPI description.
 
+pub mod agent;
 pub mod api_keys;
 pub mod auth;
 pub mod files;
@@ -57,4 +58,5 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(files::router())
         .merge(sandbox::router())
         .merge(jobs::router())
+        .merge(agent::router())
 }
