@@ -21,9 +21,11 @@ use uuid::Uuid;
 
 pub use crate::routes::auth::{LoginResponse, Me};
 
+mod agent;
 mod files;
 mod jobs;
 
+pub use self::agent::EventPage;
 pub use self::files::{Downloaded, write_file_atomically};
 
 /// How the client proves who it is.
