@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use cloudx_core::agent::TaskStatus;
 use cloudx_core::queue::JobStatus;
 use uuid::Uuid;
 
@@ -71,6 +72,15 @@ pub(crate) enum Command {
     /// cancel, retry; and the workers that run them.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Ask the agent about a project: starts a conversation (or continues one), posts the
+    /// message and streams the answer until the task ends; exits 0 when it succeeded, 1 when it
+    /// failed or was cancelled, 130 on Ctrl-C (which cancels the task). Without a daemon, the
+    /// task runs in this process.
+    Chat(ChatArgs),
+    /// The agent's tasks (on the daemon you signed in to, else on this instance): list, show,
+    /// cancel, replay.
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// Maintain this instance's blob store (on its database and object store).
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -291,6 +301,65 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cloudx chat`.
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    /// The project.
+    pub(crate) project: ProjectRef,
+    /// The message.
+    pub(crate) message: String,
+    /// Continue this conversation instead of starting one.
+    #[arg(long, value_name = "ID")]
+    pub(crate) conversation: Option<Uuid>,
+    /// Print each event as one JSON line instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCommand {
+    /// List your tasks, latest first.
+    Ls {
+        /// Only this project's tasks.
+        #[arg(long)]
+        project: Option<ProjectRef>,
+        /// Only tasks in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long, value_parser = parse_task_status)]
+        status: Option<TaskStatus>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task: its message, state, answer or reason, usage.
+    Show {
+        id: Uuid,
+        /// Also print its transcript (model requests and answers, tool calls and results).
+        #[arg(long)]
+        transcript: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task: a queued one at once, a running one within seconds.
+    Cancel { id: Uuid },
+    /// Run a finished task's tools again against its recorded model answers, in a new task;
+    /// with `--wait`, wait for it and print what came out differently.
+    Replay {
+        id: Uuid,
+        /// Wait for the replay to end and print its report.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+fn parse_task_status(text: &str) -> Result<TaskStatus, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("unknown status `{text}`: one of queued, running, succeeded, failed, cancelled"))
 }
 
 /// `cloudx job submit`.

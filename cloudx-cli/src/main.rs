@@ -103,6 +103,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(Profile::Dev, "warn");
             runtime()?.block_on(commands::jobs::job(command, &global))
         }
+        Command::Chat(args) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::agent::chat(args, &global))
+        }
+        Command::Task(command) => {
+            init_logging(Profile::Dev, "warn");
+            runtime()?.block_on(commands::agent::task(command, &global))
+        }
         Command::Storage(command) => {
             let config = commands::load_config(&global, |l| l)?;
             init_logging(config.profile, "warn");
@@ -169,7 +177,25 @@ pub(crate) fn print(text: &str) {
     let _ = out.flush();
 }
 
+/// An error that asks for a particular exit code (its message is printed as any other).
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(exit) = err.downcast_ref::<Exit>() {
+        return exit.code;
+    }
     if err.downcast_ref::<ConfigError>().is_some() {
         return exit::CONFIG;
     }

@@ -23,7 +23,7 @@ use crate::print;
 
 /// How often a waiting command asks about its job (two requests each time: well within the
 /// daemon's default per-address limit of 600 a minute, even for a few followers at once).
-const POLL: Duration = Duration::from_millis(500);
+pub(crate) const POLL: Duration = Duration::from_millis(500);
 /// How often it checks that a worker runs the job (workers beat every five seconds).
 const WORKER_CHECK: Duration = Duration::from_secs(5);
 /// Events read per request.
@@ -236,7 +236,7 @@ fn show(event: &JobEvent) {
 }
 
 /// Checks, now and then, that some live worker runs a job that is waited for.
-struct Watch<'a> {
+pub(crate) struct Watch<'a> {
     client: &'a Target,
     /// How to start a worker on this instance.
     hint: String,
@@ -247,7 +247,7 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(client: &'a Target, global: &GlobalArgs) -> Self {
+    pub(crate) fn new(client: &'a Target, global: &GlobalArgs) -> Self {
         let hint = match (client, &global.data_dir) {
             (Target::Remote(_), _) => {
                 "the daemon runs one unless worker.embedded is off; else run `cloudx worker` on its database".to_owned()
@@ -259,7 +259,7 @@ impl<'a> Watch<'a> {
     }
 
     /// An error when no live worker runs `job`'s kind (checked every [`WORKER_CHECK`]).
-    async fn worker_runs(&mut self, job: &Job) -> anyhow::Result<()> {
+    pub(crate) async fn worker_runs(&mut self, job: &Job) -> anyhow::Result<()> {
         if !self.able || self.last.is_some_and(|t| t.elapsed() < WORKER_CHECK) {
             return Ok(());
         }

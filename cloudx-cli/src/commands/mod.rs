@@ -1,5 +1,6 @@
 //! One module per command area; each converts its arguments, calls core once, renders the result.
 
+pub(crate) mod agent;
 pub(crate) mod config;
 pub(crate) mod jobs;
 pub(crate) mod llm;

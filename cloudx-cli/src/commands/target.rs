@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cloudx_core::agent::{AgentEvent, Conversation, Task, TaskFilter, TranscriptEntry};
 use cloudx_core::auth::audit::Client as AuditClient;
 use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
 use cloudx_core::storage::{ByteStream, FileVersion, Member, NewProject, Project, ProjectFilter, PutOptions, Tree};
@@ -280,6 +281,77 @@ impl Target {
             Target::Remote(c) => c.workers().await,
             Target::Local(cx) => cx.workers(&Principal::System).await,
         }
+    }
+
+    pub(crate) async fn create_conversation(&self, project: Uuid) -> anyhow::Result<Conversation> {
+        Ok(match self {
+            Target::Remote(c) => c.create_conversation(project, None).await?,
+            Target::Local(cx) => cx.create_conversation(&Principal::System, project, None).await?,
+        })
+    }
+
+    pub(crate) async fn conversation(&self, id: Uuid) -> anyhow::Result<Conversation> {
+        Ok(match self {
+            Target::Remote(c) => c.conversation(id).await?,
+            Target::Local(cx) => cx.conversation(&Principal::System, id).await?,
+        })
+    }
+
+    pub(crate) async fn post_message(&self, conversation: Uuid, text: &str) -> anyhow::Result<Task> {
+        Ok(match self {
+            Target::Remote(c) => c.post_message(conversation, text).await?,
+            Target::Local(cx) => cx.post_message(&Principal::System, &Self::audit(), conversation, text).await?,
+        })
+    }
+
+    /// A conversation's events after `after`, waiting up to `wait` for the first.
+    pub(crate) async fn conversation_events(
+        &self,
+        conversation: Uuid,
+        after: i64,
+        wait: std::time::Duration,
+    ) -> cloudx_core::Result<Vec<AgentEvent>> {
+        match self {
+            Target::Remote(c) => Ok(c.conversation_events(conversation, after, 1000, wait).await?.events),
+            Target::Local(cx) => {
+                cx.follow_conversation(&Principal::System, conversation, after).await?.next(wait).await
+            }
+        }
+    }
+
+    pub(crate) async fn task(&self, id: Uuid) -> anyhow::Result<Task> {
+        Ok(match self {
+            Target::Remote(c) => c.task(id).await?,
+            Target::Local(cx) => cx.task(&Principal::System, id).await?,
+        })
+    }
+
+    pub(crate) async fn list_tasks(&self, filter: &TaskFilter) -> anyhow::Result<Vec<Task>> {
+        Ok(match self {
+            Target::Remote(c) => c.list_tasks(filter).await?,
+            Target::Local(cx) => cx.list_tasks(&Principal::System, filter).await?,
+        })
+    }
+
+    pub(crate) async fn transcript(&self, id: Uuid, after: i64, limit: u32) -> anyhow::Result<Vec<TranscriptEntry>> {
+        Ok(match self {
+            Target::Remote(c) => c.transcript(id, after, limit).await?,
+            Target::Local(cx) => cx.transcript(&Principal::System, id, after, limit).await?,
+        })
+    }
+
+    pub(crate) async fn cancel_task(&self, id: Uuid) -> anyhow::Result<Task> {
+        Ok(match self {
+            Target::Remote(c) => c.cancel_task(id).await?,
+            Target::Local(cx) => cx.cancel_task(&Principal::System, &Self::audit(), id).await?,
+        })
+    }
+
+    pub(crate) async fn replay_task(&self, id: Uuid) -> anyhow::Result<Task> {
+        Ok(match self {
+            Target::Remote(c) => c.replay_task(id).await?,
+            Target::Local(cx) => cx.replay_task(&Principal::System, &Self::audit(), id).await?,
+        })
     }
 
     /// Where the jobs live, for messages: the daemon's URL, or the instance's database.
