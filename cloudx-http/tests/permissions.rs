@@ -68,6 +68,12 @@ struct Secrets {
     viewed_project: Uuid,
     /// The administrator's project, not shared with the member.
     other_project: Uuid,
+    /// The member's conversations about `viewed`: one with a queued task, one idle whose only
+    /// task was cancelled.
+    busy_conversation: Uuid,
+    idle_conversation: Uuid,
+    queued_task: Uuid,
+    cancelled_task: Uuid,
 }
 
 fn config(dir: &std::path::Path) -> cloudx_core::CloudxConfig {
@@ -78,6 +84,10 @@ fn config(dir: &std::path::Path) -> cloudx_core::CloudxConfig {
             ("CLOUDX_HTTP__RATE_LIMIT_PER_IP", "0"),
             ("CLOUDX_HTTP__RATE_LIMIT_PER_USER", "0"),
             ("CLOUDX_HTTP__AUTH_RATE_LIMIT_PER_IP", "0"),
+            // `llm/check` asks the model endpoint: a closed local port, not the internet.
+            ("CLOUDX_LLM__BASE_URL", "http://127.0.0.1:9/v1"),
+            ("CLOUDX_LLM__API_KEY", "sk-matrix"),
+            ("CLOUDX_LLM__MAX_RETRIES", "0"),
         ])
         .load()
         .unwrap()
@@ -157,6 +167,13 @@ impl Template {
         let lease =
             queue.claim(Uuid::now_v7(), &["dead".to_owned()], 1, std::time::Duration::from_secs(60)).await.unwrap();
         queue.fail(&lease[0], "failed for the matrix", false).await.unwrap();
+        // The member's conversations about the project they view (no worker runs here: a task
+        // stays queued).
+        let busy = cx.create_conversation(&member_principal, projects[1], None).await.unwrap();
+        let queued_task = cx.post_message(&member_principal, &client, busy.id, "explain a.txt").await.unwrap().id;
+        let idle = cx.create_conversation(&member_principal, projects[1], None).await.unwrap();
+        let cancelled_task = cx.post_message(&member_principal, &client, idle.id, "explain a.txt").await.unwrap().id;
+        cx.cancel_task(&member_principal, &client, cancelled_task).await.unwrap();
         // Closing checkpoints the WAL: the database is then one file to copy.
         cx.close().await;
         let secrets = Secrets {
@@ -177,6 +194,10 @@ impl Template {
             dead_job,
             viewed_project: projects[1],
             other_project: projects[2],
+            busy_conversation: busy.id,
+            idle_conversation: idle.id,
+            queued_task,
+            cancelled_task,
         };
         Self { secrets, dir }
     }
@@ -650,6 +671,77 @@ fn matrix() -> Vec<Row> {
             |f| plain(&format!("/api/v1/jobs/{}/retry", f.dead_job)),
             [401, 403, 200, 403, 403],
         ),
+        // The agent: a conversation is its user's (administrators may read it; a key without
+        // `admin` acts as a plain user, to whom it is someone else's). Talking needs only read
+        // access to the project: the agent acts with the poster's rights when it runs.
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/conversations",
+            |f| plain(&format!("/api/v1/projects/{}/conversations", f.viewed_project)),
+            [401, 200, 200, 200, 200],
+        ),
+        row(
+            M::GET,
+            "/api/v1/projects/{project}/conversations",
+            |f| plain(&format!("/api/v1/projects/{}/conversations", f.other_project)),
+            [401, 404, 200, 404, 200],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/conversations",
+            |f| (format!("/api/v1/projects/{}/conversations", f.viewed_project), Some(json!({"title": "hi"}))),
+            [401, 201, 201, 201, 201],
+        ),
+        row(
+            M::POST,
+            "/api/v1/projects/{project}/conversations",
+            |f| (format!("/api/v1/projects/{}/conversations", f.own_project), Some(json!({}))),
+            [401, 201, 201, 201, 404],
+        ),
+        row(
+            M::GET,
+            "/api/v1/conversations/{id}",
+            |f| plain(&format!("/api/v1/conversations/{}", f.busy_conversation)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/conversations/{id}/messages",
+            |f| (format!("/api/v1/conversations/{}/messages", f.idle_conversation), Some(json!({"text": "go on"}))),
+            [401, 202, 404, 202, 404],
+        ),
+        row(
+            M::GET,
+            "/api/v1/conversations/{id}/events",
+            |f| plain(&format!("/api/v1/conversations/{}/events?after=0", f.busy_conversation)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(M::GET, "/api/v1/tasks", |_| plain("/api/v1/tasks"), [401, 200, 200, 200, 200]),
+        row(
+            M::GET,
+            "/api/v1/tasks/{id}",
+            |f| plain(&format!("/api/v1/tasks/{}", f.queued_task)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(
+            M::GET,
+            "/api/v1/tasks/{id}/transcript",
+            |f| plain(&format!("/api/v1/tasks/{}/transcript", f.queued_task)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/tasks/{id}/cancel",
+            |f| plain(&format!("/api/v1/tasks/{}/cancel", f.queued_task)),
+            [401, 200, 200, 200, 404],
+        ),
+        row(
+            M::POST,
+            "/api/v1/tasks/{id}/replay",
+            |f| plain(&format!("/api/v1/tasks/{}/replay", f.cancelled_task)),
+            [401, 202, 404, 202, 404],
+        ),
+        row(M::POST, "/api/v1/llm/check", |_| plain("/api/v1/llm/check"), [401, 200, 200, 200, 200]),
     ]
 }
 
