@@ -974,6 +974,60 @@ async fn an_agent_task_resumes_after_the_daemon_restarts() {
         .map(|e| e["data"]["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["queued", "running", "queued", "running", "succeeded"], "{page:#}");
+#[test]
+fn task_commands_through_the_daemon_list_show_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    add_local_admin(dir.path());
+    // No worker: a task stays queued.
+    let serve = Serve::start(dir.path(), &[("CLOUDX_WORKER__EMBEDDED", "false")]);
+    let cli = |args: &[&str]| {
+        let mut cmd = cloudx(dir.path());
+        cmd.env("HOME", &home).args(args);
+        cmd
+    };
+    let out = run_with_stdin(
+        &mut cli(&["login", "--url", &serve.url(""), "--email", "root@example.com", "--password-stdin"]),
+        ADMIN_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(&mut cli(&["project", "create", "Talk"]));
+
+    // Nobody runs `codegen` jobs there: `chat` says so instead of waiting for ever.
+    let out = run(&mut cli(&["chat", "talk", "add a README"]));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("no worker that runs `codegen` jobs"), "{err}");
+    let task = err.lines().find_map(|l| l.split_once(", task ")).map(|(_, t)| t.trim().to_owned()).expect(&err);
+
+    let table = ok(&mut cli(&["task", "ls"]));
+    assert!(table.starts_with("ID") && table.contains(&task) && table.contains("queued"), "{table}");
+    assert!(table.contains("add a README"), "{table}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&mut cli(&["task", "ls", "--project", "talk", "--status", "queued", "--json"])))
+            .unwrap();
+    assert_eq!(listed[0]["id"], task.as_str());
+    let shown = ok(&mut cli(&["task", "show", &task]));
+    assert!(shown.contains("status:       queued") && shown.contains("  add a README"), "{shown}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&mut cli(&["task", "show", &task, "--transcript", "--json"]))).unwrap();
+    assert_eq!(
+        (shown["task"]["status"].as_str(), shown["transcript"].as_array().map(Vec::len)),
+        (Some("queued"), Some(0))
+    );
+    let out = run(&mut cli(&["task", "ls", "--status", "done"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown status `done`"), "{}", text(&out.stderr));
+
+    assert!(ok(&mut cli(&["task", "cancel", &task])).contains(&format!("cancelled task {task}")));
+    let shown = ok(&mut cli(&["task", "show", &task]));
+    assert!(
+        shown.contains("status:       cancelled") && shown.contains("reason:       cancelled before it started"),
+        "{shown}"
+    );
+    let out = run(&mut cli(&["task", "show", "01a22ff4-0000-7000-8000-000000000000"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no task"), "{}", text(&out.stderr));
     serve.signal("TERM");
     assert!(serve.wait(Duration::from_secs(10)).success());
 }
