@@ -921,7 +921,11 @@ async fn an_agent_task_resumes_after_the_daemon_restarts() {
     let dir = tempfile::tempdir().unwrap();
     add_local_admin(dir.path());
     let base = llm.base_url();
-    let env = [("CLOUDX_LLM__BASE_URL", base.as_str()), ("CLOUDX_LLM__MODEL", "scripted-model"), ("CLOUDX_WORKER__GRACE", "1s")];
+    let env = [
+        ("CLOUDX_LLM__BASE_URL", base.as_str()),
+        ("CLOUDX_LLM__MODEL", "scripted-model"),
+        ("CLOUDX_WORKER__GRACE", "1s"),
+    ];
     let serve = Serve::start(dir.path(), &env);
     let token = http_login(&serve).await;
     let http = reqwest::Client::new();
@@ -938,9 +942,15 @@ async fn an_agent_task_resumes_after_the_daemon_restarts() {
         }
     };
     let p = call(&serve, "/api/v1/projects", Some(serde_json::json!({"name": "restart"}))).await;
-    let c = call(&serve, &format!("/api/v1/projects/{}/conversations", p["id"].as_str().unwrap()), Some(serde_json::json!({}))).await;
+    let c = call(
+        &serve,
+        &format!("/api/v1/projects/{}/conversations", p["id"].as_str().unwrap()),
+        Some(serde_json::json!({})),
+    )
+    .await;
     let c = c["id"].as_str().unwrap().to_owned();
-    let task = call(&serve, &format!("/api/v1/conversations/{c}/messages"), Some(serde_json::json!({"text": "think"}))).await;
+    let task =
+        call(&serve, &format!("/api/v1/conversations/{c}/messages"), Some(serde_json::json!({"text": "think"}))).await;
     let id = task["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -963,7 +973,11 @@ async fn an_agent_task_resumes_after_the_daemon_restarts() {
         assert!(Instant::now() < deadline, "the task hangs: {t:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!((task["status"].as_str(), task["answer"].as_str()), (Some("succeeded"), Some("done after the restart")), "{task:#}");
+    assert_eq!(
+        (task["status"].as_str(), task["answer"].as_str()),
+        (Some("succeeded"), Some("done after the restart")),
+        "{task:#}"
+    );
     assert_eq!(llm.requests().len(), 2);
     let page = call(&serve, &format!("/api/v1/conversations/{c}/events?after=0"), None).await;
     let statuses: Vec<&str> = page["events"]
@@ -974,6 +988,10 @@ async fn an_agent_task_resumes_after_the_daemon_restarts() {
         .map(|e| e["data"]["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["queued", "running", "queued", "running", "succeeded"], "{page:#}");
+    serve.signal("TERM");
+    assert!(serve.wait(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn task_commands_through_the_daemon_list_show_and_cancel() {
     let dir = tempfile::tempdir().unwrap();

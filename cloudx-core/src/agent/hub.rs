@@ -33,6 +33,9 @@ const READ_MAX: u32 = 1000;
 /// The channels of the conversations whose tasks run in this process.
 static CHANNELS: LazyLock<Mutex<HashMap<Uuid, Arc<Channel>>>> = LazyLock::new(Mutex::default);
 
+/// Counts the channels opened, so that followers reading the table notice one at once.
+static OPENED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
 #[derive(Debug)]
 pub(crate) struct Channel {
     state: Mutex<State>,
@@ -79,6 +82,7 @@ impl EventWriter {
         if let Some(old) = replaced {
             old.close();
         }
+        OPENED.send_modify(|n| *n += 1);
         let (tx, rx) = mpsc::unbounded_channel();
         let flusher = tokio::spawn(flush(cx.clone(), conversation, channel.clone(), rx));
         Ok(Self { conversation, task, last, channel, flush: Some(tx), flusher: Some(flusher) })
@@ -246,6 +250,8 @@ impl EventFollower {
     pub async fn next(&mut self, wait: Duration) -> Result<Vec<AgentEvent>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Subscribed before looking, so that a channel opened meanwhile wakes the pause.
+            let mut opened = OPENED.subscribe();
             if self.channel.is_none()
                 && let Some(channel) = channel(self.conversation)
             {
@@ -266,20 +272,23 @@ impl EventFollower {
                             .collect();
                         (recent, state.dropped_upto, state.open)
                     };
+                    let mut out = Vec::new();
                     if self.after < dropped_upto {
-                        // Older than what the channel holds: from the table first.
+                        // Older than what the channel holds: from the table first, then the
+                        // channel's (every event it holds is newer than what it let go of).
                         let stored =
                             store::events(self.cx.database(), self.conversation, self.after, self.limit).await?;
-                        let stored: Vec<AgentEvent> = stored.into_iter().filter(|e| e.seq <= dropped_upto).collect();
-                        if !stored.is_empty() {
-                            self.after = stored.last().map_or(self.after, |e| e.seq);
-                            return Ok(stored);
+                        out.extend(stored.into_iter().filter(|e| e.seq <= dropped_upto));
+                        if out.len() >= self.limit as usize {
+                            self.after = out.last().map_or(self.after, |e| e.seq);
+                            return Ok(out);
                         }
-                        self.after = self.after.max(dropped_upto);
+                        self.after = dropped_upto;
                     }
-                    if !recent.is_empty() {
-                        self.after = recent.last().map_or(self.after, |e| e.seq);
-                        return Ok(recent);
+                    out.extend(recent.into_iter().take(self.limit as usize - out.len()));
+                    if !out.is_empty() {
+                        self.after = out.last().map_or(self.after, |e| e.seq);
+                        return Ok(out);
                     }
                     if open {
                         let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
@@ -305,7 +314,8 @@ impl EventFollower {
             }
             let pause = self.idle.min(deadline - now);
             self.idle = (self.idle * 2).min(Duration::from_secs(1));
-            tokio::time::sleep(pause).await;
+            // A task starting here wakes it; one on another node is seen at the next read.
+            let _ = tokio::time::timeout(pause, opened.changed()).await;
         }
     }
 }

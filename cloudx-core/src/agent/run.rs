@@ -83,8 +83,20 @@ pub(crate) async fn codegen(cx: Cloudx, job: JobContext) -> Result<Value, JobErr
     let mut events =
         EventWriter::open(&cx, task.conversation, id).await.map_err(|e| JobError::Retry(e.message().to_owned()))?;
     let end = {
-        let mut run = Run { cx: &cx, job: &job, task: &task, events: &mut events, local_cancel: &local_cancel };
-        run.drive().await
+        let mut run = Run {
+            cx: &cx,
+            job: &job,
+            task: &task,
+            events: &mut events,
+            local_cancel: &local_cancel,
+            pending: Vec::new(),
+        };
+        let end = run.drive().await;
+        // What the last, unfinished step recorded (the model's error, say) goes in before the end.
+        if !run.pending.is_empty() && !matches!(end, End::Interrupted) {
+            let _ = run.commit(&[], None).await;
+        }
+        end
     };
     let result = conclude(&cx, &job, &task, &mut events, end, &local_cancel).await;
     events.close().await;
@@ -178,6 +190,9 @@ struct Run<'a> {
     task: &'a Task,
     events: &'a mut EventWriter,
     local_cancel: &'a CancellationToken,
+    /// Transcript entries not yet stored: each step's go in with its messages and usage, in
+    /// one transaction.
+    pending: Vec<(String, Value)>,
 }
 
 impl Run<'_> {
@@ -185,14 +200,24 @@ impl Run<'_> {
         self.job.cancelled().is_cancelled() || self.local_cancel.is_cancelled()
     }
 
-    async fn record(&self, kind: &str, data: Value) -> Result<(), End> {
-        store::append_transcript(self.cx.database(), self.task.id, kind, &data).await.map(drop).map_err(|e| {
-            if e.kind() == ErrorKind::Unavailable {
-                End::Interrupted
-            } else {
-                End::Failed(format!("the transcript cannot be recorded: {}", e.message()))
-            }
-        })
+    fn record(&mut self, kind: &str, data: Value) {
+        self.pending.push((kind.to_owned(), data));
+    }
+
+    /// Stores the pending transcript entries, `messages` (for a chat) and the usage so far, in
+    /// one transaction.
+    async fn commit(&mut self, messages: &[Message], usage: Option<(u32, u64, u64)>) -> Result<(), End> {
+        let conversation = (self.task.mode == TaskMode::Chat).then_some(self.task.conversation);
+        let entries = std::mem::take(&mut self.pending);
+        store::commit_step(self.cx.database(), self.task.id, conversation, &entries, messages, usage).await.map_err(
+            |e| {
+                if e.kind() == ErrorKind::Unavailable {
+                    End::Interrupted
+                } else {
+                    End::Failed(format!("the transcript cannot be recorded: {}", e.message()))
+                }
+            },
+        )
     }
 
     async fn drive(&mut self) -> End {
@@ -213,8 +238,7 @@ impl Run<'_> {
         store::start_task(db, task.id).await.map_err(|_| End::Interrupted)?;
         let task_now = store::task(db, task.id).await.map_err(|_| End::Interrupted)?;
         self.events.emit("status", json!({ "status": "running", "attempt": self.job.job.attempts }));
-        self.record("start", json!({ "attempt": self.job.job.attempts, "mode": task.mode, "model": config.model }))
-            .await?;
+        self.record("start", json!({ "attempt": self.job.job.attempts, "mode": task.mode, "model": config.model }));
         let started = task_now.started_at.unwrap_or_else(chrono::Utc::now);
         let deadline = tokio::time::Instant::now()
             + config
@@ -281,8 +305,7 @@ impl Run<'_> {
                     "new_messages": new_messages, "trimmed_outputs": fitted.trimmed, "left_out": fitted.left_out,
                     "estimated_tokens": fitted.tokens,
                 }),
-            )
-            .await?;
+            );
             sent = history.len();
             self.events.emit("step", json!({ "step": step }));
             let turn = match &mut source {
@@ -305,18 +328,11 @@ impl Run<'_> {
             };
             prompt_tokens += usage.prompt_tokens;
             completion_tokens += usage.completion_tokens;
-            if let Err(e) = store::record_usage(db, task.id, steps, prompt_tokens, completion_tokens).await {
-                tracing::warn!(error = %e, task = %task.id, "cannot record a task's usage");
-            }
-            self.record("model_response", json!({ "step": step, "turn": turn, "usage": usage })).await?;
+            let usage_so_far = Some((steps, prompt_tokens, completion_tokens));
+            self.record("model_response", json!({ "step": step, "turn": turn, "usage": usage }));
             if turn.tool_calls.is_empty() {
                 let answer = turn.content.clone();
-                if task.mode == TaskMode::Chat {
-                    let message = Message::assistant(answer.clone(), Vec::new());
-                    store::append_messages(db, task.conversation, task.id, &[message])
-                        .await
-                        .map_err(|_| End::Interrupted)?;
-                }
+                self.commit(&[Message::assistant(answer.clone(), Vec::new())], usage_so_far).await?;
                 self.events.emit("answer", json!({ "text": answer }));
                 return Ok(End::Answered(answer));
             }
@@ -328,8 +344,7 @@ impl Run<'_> {
                 self.record(
                     "tool_call",
                     json!({ "step": step, "id": call.id, "name": call.name, "arguments": call.arguments }),
-                )
-                .await?;
+                );
                 let outcome = tokio::select! {
                     outcome = toolbox.call(&call.name, &call.arguments) => outcome.map_err(|_| End::Interrupted)?,
                     () = self.local_cancel.cancelled() => return Err(End::Cancelled),
@@ -337,8 +352,7 @@ impl Run<'_> {
                 self.record(
                     "tool_result",
                     json!({ "step": step, "id": call.id, "name": call.name, "outcome": outcome }),
-                )
-                .await?;
+                );
                 if let Source::Recorded { results, .. } = &mut source
                     && let Some((_, recorded)) = results.pop_front()
                     && (recorded.content != outcome.content || recorded.is_error != outcome.is_error)
@@ -350,7 +364,7 @@ impl Run<'_> {
                         recorded: recorded.content,
                         replayed: outcome.content.clone(),
                     };
-                    self.record("replay_difference", serde_json::to_value(&difference).unwrap_or_default()).await?;
+                    self.record("replay_difference", serde_json::to_value(&difference).unwrap_or_default());
                 }
                 self.events.emit(
                     "tool_result",
@@ -367,9 +381,7 @@ impl Run<'_> {
                 }
                 unit.push(Message::tool(call.id.clone(), outcome.content));
             }
-            if task.mode == TaskMode::Chat {
-                store::append_messages(db, task.conversation, task.id, &unit).await.map_err(|_| End::Interrupted)?;
-            }
+            self.commit(&unit, usage_so_far).await?;
             history.extend(unit);
         }
     }
@@ -404,14 +416,14 @@ impl Run<'_> {
             }
         };
         for retry in retries {
-            self.record("model_retry", retry).await?;
+            self.record("model_retry", retry);
         }
         match turn {
             None if self.local_cancel.is_cancelled() => Err(End::Cancelled),
             None => Err(End::Interrupted),
             Some(Ok(turn)) => Ok(turn),
             Some(Err(e)) => {
-                let _ = self.record("model_error", json!({ "status": e.status, "message": e.message })).await;
+                self.record("model_error", json!({ "status": e.status, "message": e.message }));
                 Err(End::Failed(format!("the model: {e}")))
             }
         }
@@ -511,6 +523,9 @@ fn estimate_turn(turn: &ModelTurn) -> u64 {
     tokens(turn.content.len() + turn.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>())
 }
 
+/// How a trimmed tool result starts.
+const TRIMMED: &str = "[the output of this earlier call";
+
 /// What [`fit`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Fitted {
@@ -524,7 +539,7 @@ struct Fitted {
 
 /// The request's messages: the system prompt and the history, made to fit in about three
 /// quarters of the context window (the rest is for the answer). First the text of older tool
-/// results is replaced by a note (the latest four are kept); then the oldest exchanges (a user
+/// results is replaced by a note (all but the latest four, then all but the latest); then the oldest exchanges (a user
 /// message and what followed it) are left out, and then the oldest steps of the current one;
 /// the current message and the latest step are always sent.
 fn fit(system: &Message, history: &[Message], specs: &[super::llm::ToolSpec], context: u64) -> (Vec<Message>, Fitted) {
@@ -537,21 +552,24 @@ fn fit(system: &Message, history: &[Message], specs: &[super::llm::ToolSpec], co
     if total > target {
         let tool_indexes: Vec<usize> =
             messages.iter().enumerate().filter(|(_, m)| m.role == Role::Tool).map(|(i, _)| i).collect();
-        let keep_from = tool_indexes.len().saturating_sub(4);
-        for &i in &tool_indexes[..keep_from] {
-            if total <= target {
-                break;
+        // First all but the latest four results; if that is not enough, all but the latest.
+        for keep in [4, 1] {
+            let keep_from = tool_indexes.len().saturating_sub(keep);
+            for &i in &tool_indexes[..keep_from] {
+                if total <= target {
+                    break;
+                }
+                let bytes = messages[i].content.as_deref().map_or(0, str::len);
+                if bytes < 200 || messages[i].content.as_deref().is_some_and(|c| c.starts_with(TRIMMED)) {
+                    continue;
+                }
+                let before = estimate(&messages[i]);
+                messages[i].content = Some(format!(
+                    "{TRIMMED} ({bytes} bytes) was removed to save context; call the tool again if you need it]"
+                ));
+                total = total - before + estimate(&messages[i]);
+                fitted.trimmed += 1;
             }
-            let before = estimate(&messages[i]);
-            let bytes = messages[i].content.as_deref().map_or(0, str::len);
-            if bytes < 200 {
-                continue;
-            }
-            messages[i].content = Some(format!(
-                "[the output of this earlier call ({bytes} bytes) was removed to save context; call the tool again if you need it]"
-            ));
-            total = total - before + estimate(&messages[i]);
-            fitted.trimmed += 1;
         }
     }
     // Then whole segments from the start: an earlier exchange (a user message and what

@@ -297,20 +297,6 @@ pub(super) async fn start_task(db: &Database, id: Uuid) -> Result<()> {
     .map_err(|e| db_error("starting a task", e))
 }
 
-pub(super) async fn record_usage(db: &Database, id: Uuid, steps: u32, prompt: u64, completion: u64) -> Result<()> {
-    on_db!(db, |pool| sqlx::query(
-        "UPDATE agent_tasks SET steps = $1, prompt_tokens = $2, completion_tokens = $3 WHERE id = $4"
-    )
-    .bind(i64::from(steps))
-    .bind(i64::try_from(prompt).unwrap_or(i64::MAX))
-    .bind(i64::try_from(completion).unwrap_or(i64::MAX))
-    .bind(id)
-    .execute(pool)
-    .await
-    .map(drop))
-    .map_err(|e| db_error("recording a task's usage", e))
-}
-
 /// Ends a task that has not ended; says whether it did.
 pub(super) async fn finish_task(
     db: &Database,
@@ -460,9 +446,9 @@ pub(super) async fn insert_events(
         return Ok(());
     }
     macro_rules! insert {
-        ($pool:expr) => {
+        ($tx:expr) => {
             async {
-                let mut tx = $pool.begin().await?;
+                let mut tx = $tx;
                 for e in events {
                     sqlx::query(
                         "INSERT INTO agent_events (conversation_id, seq, at, task_id, kind, data) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -482,10 +468,7 @@ pub(super) async fn insert_events(
             .await
         };
     }
-    let stored: std::result::Result<(), sqlx::Error> = match db {
-        Database::Sqlite(pool) => insert!(pool),
-        Database::Postgres(pool) => insert!(pool),
-    };
+    let stored: std::result::Result<(), sqlx::Error> = in_write_tx!(db, |tx| insert!(tx));
     stored.map_err(|e| db_error("recording the conversation's events", e))
 }
 
@@ -514,4 +497,90 @@ pub(super) async fn last_event(db: &Database, conversation: Uuid) -> Result<i64>
             .await)
         .map_err(|e| db_error("reading the conversation's events", e))?;
     Ok(seq)
+}
+
+/// Stores a step: its transcript entries, the messages it adds to the conversation (when
+/// `conversation` is given) and the task's usage so far, in one transaction.
+pub(super) async fn commit_step(
+    db: &Database,
+    task: Uuid,
+    conversation: Option<Uuid>,
+    entries: &[(String, serde_json::Value)],
+    messages: &[Message],
+    usage: Option<(u32, u64, u64)>,
+) -> Result<()> {
+    let texts: Vec<String> = match conversation {
+        Some(_) => messages
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::internal("a message cannot be stored", e))?,
+        None => Vec::new(),
+    };
+    if entries.is_empty() && texts.is_empty() && usage.is_none() {
+        return Ok(());
+    }
+    let at = now_us();
+    macro_rules! commit {
+        ($tx:expr) => {
+            async {
+                let mut tx = $tx;
+                if !entries.is_empty() {
+                    let (mut seq,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM agent_transcript WHERE task_id = $1")
+                            .bind(task)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    for (kind, data) in entries {
+                        seq += 1;
+                        sqlx::query(
+                            "INSERT INTO agent_transcript (task_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(task)
+                        .bind(seq)
+                        .bind(at)
+                        .bind(kind)
+                        .bind(data.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                if let (Some(conversation), false) = (conversation, texts.is_empty()) {
+                    let (mut seq,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM agent_messages WHERE conversation_id = $1")
+                            .bind(conversation)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    for text in &texts {
+                        seq += 1;
+                        sqlx::query(
+                            "INSERT INTO agent_messages (conversation_id, seq, task_id, message) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(conversation)
+                        .bind(seq)
+                        .bind(task)
+                        .bind(text)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                if let Some((steps, prompt, completion)) = usage {
+                    sqlx::query(
+                        "UPDATE agent_tasks SET steps = $1, prompt_tokens = $2, completion_tokens = $3 WHERE id = $4",
+                    )
+                    .bind(i64::from(steps))
+                    .bind(i64::try_from(prompt).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(completion).unwrap_or(i64::MAX))
+                    .bind(task)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        };
+    }
+    // One task writes its transcript, and one task at a time its conversation: no lock needed.
+    let committed: std::result::Result<(), sqlx::Error> = in_write_tx!(db, |tx| commit!(tx));
+    committed.map_err(|e| db_error("recording the task's step", e))
 }

@@ -754,7 +754,8 @@ impl ToolBox<'_> {
             (false, false) => (budget / 2, budget - budget / 2),
             _ => (budget, budget),
         };
-        let mut content = format!("{ended} ({} ms, version {})\n", out.wall_time.as_millis(), run.version);
+        // No timings here (they are in the data): a replay compares this text.
+        let mut content = format!("{ended} (version {})\n", run.version);
         for (name, text, budget, sandbox_cut) in [
             ("stdout", &stdout, out_budget, out.stdout_truncated),
             ("stderr", &stderr, err_budget, out.stderr_truncated),
@@ -929,10 +930,10 @@ fn test_summary(report: &TestReport) -> String {
 /// A test report as the model reads it: the summary, the message, the failures (cut).
 fn test_text(report: &TestReport, summary: &str, max: usize) -> String {
     let mut text = format!(
-        "tests {summary} (`{}`, version {}, {} ms{})\n",
+        // No timings here (they are in the data): a replay compares this text.
+        "tests {summary} (`{}`, version {}{})\n",
         report.command.join(" "),
         report.version,
-        report.duration_ms,
         report.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default()
     );
     if let Some(message) = &report.message {
