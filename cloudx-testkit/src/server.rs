@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,13 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// The `OpenAI-Organization` header, if any.
     pub organization: Option<String>,
+    /// When the server had the whole request (its handler started, the body read).
+    pub received_at: Instant,
+    /// When the server handed the last byte of its answer to the connection (a streamed
+    /// answer: when its body stream ended); `None` while it streams, and for an answer cut,
+    /// stalled or dropped by the client. `next.received_at - answered_at` is the client's
+    /// time between two requests.
+    pub answered_at: Option<Instant>,
 }
 
 struct Shared {
@@ -251,6 +259,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received_at = Instant::now();
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -264,6 +273,8 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             body: request.clone(),
             authorization: header(&headers, "authorization"),
             organization: header(&headers, "openai-organization"),
+            received_at,
+            answered_at: None,
         });
         requests.len()
     };
@@ -281,7 +292,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         let message = format!(
             "cloudx-testkit: unexpected request #{number}: the script is used up and there is no handler (request: {excerpt})"
         );
-        return json_response(500, &error_body(&message, "server_error", None));
+        return mark_end(&shared, number - 1, json_response(500, &error_body(&message, "server_error", None)));
     };
     let ctx = Ctx {
         id: format!("chatcmpl-scripted-{number}"),
@@ -298,7 +309,33 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             response.headers_mut().append(name, value);
         }
     }
-    response
+    mark_end(&shared, number - 1, response)
+}
+
+/// Records the answer's end in the request's record: at once for a body already whole, else
+/// when its stream ends (not when it errors: hyper then aborts without asking for more).
+fn mark_end(shared: &Arc<Shared>, index: usize, response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let mark = {
+        let shared = shared.clone();
+        move || {
+            if let Some(r) = lock(&shared.requests).get_mut(index) {
+                r.answered_at = Some(Instant::now());
+            }
+        }
+    };
+    if body.size_hint().exact().is_some() {
+        mark();
+        return Response::from_parts(parts, body);
+    }
+    let mut mark = Some(mark);
+    let tail = futures_util::stream::poll_fn(move |_| {
+        if let Some(mark) = mark.take() {
+            mark();
+        }
+        Poll::Ready(None::<Result<Bytes, axum::Error>>)
+    });
+    Response::from_parts(parts, Body::from_stream(futures_util::StreamExt::chain(body.into_data_stream(), tail)))
 }
 
 /// A rough token count of the request's messages (four characters a token), for `usage`.
@@ -526,6 +563,7 @@ fn body_response(shared: &Arc<Shared>, content_type: &str, events: Vec<Event>, o
     let sse = content_type == "text/event-stream";
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.clone();
+        // `i` is also the number of events sent so far: each earlier one was sent or ended the task.
         for (i, event) in events.into_iter().enumerate() {
             let wait = match event {
                 Event::Stamped => interval,

@@ -164,3 +164,31 @@ async fn bench_handlers_stamp_tokens_and_alternate_tool_and_text() {
     assert_eq!(stamps.len(), 5);
     assert!(stamps.windows(2).all(|w| w[0] < w[1]) && stamps[0] >= before);
 }
+
+#[tokio::test]
+async fn each_request_records_when_it_came_and_when_its_answer_ended() {
+    let llm = ScriptedLlm::start([
+        Turn::timestamped_tokens(3, Duration::from_millis(20)),
+        Turn::text("whole"),
+        Turn::text("abcdef").chunks(6).cut_after(3),
+    ]);
+    let started = std::time::Instant::now();
+    let body = post(&llm, request(true)).await.text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let read = std::time::Instant::now();
+    let first = llm.requests()[0].clone();
+    let answered = first.answered_at.expect("the streamed answer ended");
+    assert!(started <= first.received_at && first.received_at <= answered && answered <= read);
+    // The three tokens go 20 ms apart: the end is at least 40 ms after the start.
+    assert!(answered - first.received_at >= Duration::from_millis(40), "{:?}", answered - first.received_at);
+
+    // A JSON answer is whole at once; the next request comes after the previous answer ended.
+    post(&llm, request(false)).await.text().await.unwrap();
+    let second = llm.requests()[1].clone();
+    assert!(second.received_at >= answered);
+    assert!(second.answered_at.is_some_and(|a| a >= second.received_at));
+
+    // A cut answer never ends.
+    assert!(post(&llm, request(true)).await.text().await.is_err());
+    assert_eq!(llm.requests()[2].answered_at, None);
+}
