@@ -139,6 +139,11 @@ impl ScriptedLlmBuilder {
             .fallback(not_found)
             .with_state(shared.clone());
         let mut signal = shutdown;
+        // No Nagle delay: an answer's last small write would otherwise wait for the client's
+        // delayed ACK (up to 40 ms), which a benchmark would count as the client's time.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
