@@ -361,18 +361,24 @@ impl Cloudx {
             }
         }
         let created_by = owner_id(actor);
-        let task = store::insert_task(self.database(), conversation, created_by, mode, replay_of, prompt).await?;
-        // The message and the first status are stored before the job exists, so that no
-        // worker's events can come between them.
+        // The message and the first status go in with the task, before the job exists, so that
+        // no worker's events can come before them.
+        let message = (mode == TaskMode::Chat).then(|| llm::Message::user(prompt));
+        let kind = if mode == TaskMode::Chat { "message" } else { "replay" };
+        let events =
+            [(kind, json!({ "text": prompt, "replay_of": replay_of })), ("status", json!({ "status": "queued" }))];
+        let task = store::insert_task(
+            self.database(),
+            conversation,
+            created_by,
+            mode,
+            replay_of,
+            prompt,
+            message.as_ref(),
+            &events,
+        )
+        .await?;
         let started = async {
-            if mode == TaskMode::Chat {
-                let message = llm::Message::user(prompt);
-                store::append_messages(self.database(), conversation.id, task.id, &[message]).await?;
-            }
-            let kind = if mode == TaskMode::Chat { "message" } else { "replay" };
-            hub::emit_now(self, conversation.id, task.id, kind, json!({ "text": prompt, "replay_of": replay_of }))
-                .await?;
-            hub::emit_now(self, conversation.id, task.id, "status", json!({ "status": "queued" })).await?;
             let api_key = match actor {
                 Principal::User { api_key, .. } => *api_key,
                 Principal::System => None,

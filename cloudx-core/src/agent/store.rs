@@ -170,8 +170,10 @@ fn task_of(r: TaskRow) -> Result<Task> {
     })
 }
 
-/// Inserts a queued task and makes it the conversation's active one: refused with
+/// Inserts a queued task and makes it the conversation's active one, with the message it adds
+/// to the conversation (if any) and its first events, in one transaction: refused with
 /// [`ErrorKind::Conflict`] while another task of the conversation is unfinished.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn insert_task(
     db: &Database,
     conversation: &Conversation,
@@ -179,8 +181,12 @@ pub(super) async fn insert_task(
     mode: TaskMode,
     replay_of: Option<Uuid>,
     prompt: &str,
+    message: Option<&Message>,
+    events: &[(&str, serde_json::Value)],
 ) -> Result<Task> {
     let (id, now) = (Uuid::now_v7(), now_us());
+    let message =
+        message.map(serde_json::to_string).transpose().map_err(|e| Error::internal("a message cannot be stored", e))?;
     // The first message names an untitled conversation.
     let title: String = {
         let line = prompt.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
@@ -224,6 +230,41 @@ pub(super) async fn insert_task(
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if let Some(text) = &message {
+                    let (seq,): (i64,) =
+                        sqlx::query_as("SELECT COALESCE(MAX(seq), 0) + 1 FROM agent_messages WHERE conversation_id = $1")
+                            .bind(conversation.id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    sqlx::query(
+                        "INSERT INTO agent_messages (conversation_id, seq, task_id, message) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(conversation.id)
+                    .bind(seq)
+                    .bind(id)
+                    .bind(text)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let (mut last,): (i64,) =
+                    sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM agent_events WHERE conversation_id = $1")
+                        .bind(conversation.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                for (kind, data) in events {
+                    last = (last + 1).max(now);
+                    sqlx::query(
+                        "INSERT INTO agent_events (conversation_id, seq, at, task_id, kind, data) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(conversation.id)
+                    .bind(last)
+                    .bind(now)
+                    .bind(id)
+                    .bind(*kind)
+                    .bind(data.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await.map(|()| true)
             }
             .await
@@ -333,48 +374,6 @@ pub(super) async fn release_conversation(db: &Database, conversation: Uuid, task
         .await
         .map(drop))
     .map_err(|e| db_error("ending a task", e))
-}
-
-/// Appends messages to the history, in one transaction (an assistant message and the results
-/// of its tool calls go in together, so that the history never holds one without the other).
-pub(super) async fn append_messages(db: &Database, conversation: Uuid, task: Uuid, messages: &[Message]) -> Result<()> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let texts: Vec<String> = messages
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::internal("a message cannot be stored", e))?;
-    macro_rules! append {
-        ($tx:expr) => {
-            async {
-                let mut tx = $tx;
-                let (mut seq,): (i64,) =
-                    sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM agent_messages WHERE conversation_id = $1")
-                        .bind(conversation)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                for text in &texts {
-                    seq += 1;
-                    sqlx::query(
-                        "INSERT INTO agent_messages (conversation_id, seq, task_id, message) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(conversation)
-                    .bind(seq)
-                    .bind(task)
-                    .bind(text)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await
-            }
-            .await
-        };
-    }
-    let lock = i64::from_be_bytes(conversation.as_bytes()[8..].try_into().expect("8 bytes"));
-    let appended: std::result::Result<(), sqlx::Error> = in_write_tx!(db, lock = lock, |tx| append!(tx));
-    appended.map_err(|e| db_error("recording the conversation", e))
 }
 
 /// The conversation's history, in order, with the task each message belongs to.
