@@ -2,7 +2,7 @@
 //!
 //! A running task writes its events through an [`EventWriter`]: each is numbered, kept in the
 //! conversation's in-process channel (so followers in this process see it at once) and stored
-//! by a background flusher (text deltas in batches of up to 50 ms, every other event at once).
+//! by a background flusher, in batches of up to 50 ms.
 //! Numbers are `max(previous + 1, now in µs)`, so a task resumed after a crash never reuses
 //! one a client has seen, even if the crash lost the last unstored deltas.
 //!
@@ -21,7 +21,7 @@ use super::{AgentEvent, store};
 use crate::cloudx::Cloudx;
 use crate::error::Result;
 
-/// How long text deltas wait to be stored together.
+/// How long events wait to be stored together.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// The most events stored in one transaction.
 const FLUSH_MAX: usize = 256;
@@ -153,25 +153,14 @@ async fn flush(
     let mut batch: Vec<Arc<AgentEvent>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
-        let mut urgent = first.kind != "delta";
         batch.push(first);
-        if !urgent {
-            // Deltas wait a little for company; any other event goes at once.
-            let until = tokio::time::Instant::now() + FLUSH_EVERY;
-            while batch.len() < FLUSH_MAX && !urgent {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(e)) => {
-                        urgent = e.kind != "delta";
-                        batch.push(e);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
+        // Every event waits a little for company: followers in this process have it already,
+        // and one write per batch leaves the database to the task's own steps.
+        let until = tokio::time::Instant::now() + FLUSH_EVERY;
         while batch.len() < FLUSH_MAX {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                Ok(None) | Err(_) => break,
             }
         }
         store_batch(&cx, conversation, &channel, &mut batch).await;

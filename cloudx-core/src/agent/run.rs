@@ -192,7 +192,7 @@ struct Run<'a> {
     local_cancel: &'a CancellationToken,
     /// Transcript entries not yet stored: each step's go in with its messages and usage, in
     /// one transaction.
-    pending: Vec<(String, Value)>,
+    pending: Vec<(String, Value, i64)>,
 }
 
 impl Run<'_> {
@@ -201,7 +201,7 @@ impl Run<'_> {
     }
 
     fn record(&mut self, kind: &str, data: Value) {
-        self.pending.push((kind.to_owned(), data));
+        self.pending.push((kind.to_owned(), data, chrono::Utc::now().timestamp_micros()));
     }
 
     /// Stores the pending transcript entries, `messages` (for a chat) and the usage so far, in

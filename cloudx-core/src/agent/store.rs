@@ -444,10 +444,14 @@ pub(super) async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
+    let postgres = matches!(db, Database::Postgres(_));
     macro_rules! insert {
         ($tx:expr) => {
             async {
                 let mut tx = $tx;
+                if postgres {
+                    sqlx::query(RELAXED).execute(&mut *tx).await?;
+                }
                 for e in events {
                     sqlx::query(
                         "INSERT INTO agent_events (conversation_id, seq, at, task_id, kind, data) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -498,13 +502,20 @@ pub(super) async fn last_event(db: &Database, conversation: Uuid) -> Result<i64>
     Ok(seq)
 }
 
+/// On Postgres, the agent's own records (a step's transcript and messages, events) are
+/// committed without waiting for the write-ahead log's flush: a crash of the database server
+/// may lose the last few milliseconds of them (never a file's version, written with its own
+/// durable commit), and a task that loses its last step runs it again. A wait per step for the
+/// disk is most of what a step would otherwise cost.
+const RELAXED: &str = "SET LOCAL synchronous_commit = off";
+
 /// Stores a step: its transcript entries, the messages it adds to the conversation (when
 /// `conversation` is given) and the task's usage so far, in one transaction.
 pub(super) async fn commit_step(
     db: &Database,
     task: Uuid,
     conversation: Option<Uuid>,
-    entries: &[(String, serde_json::Value)],
+    entries: &[(String, serde_json::Value, i64)],
     messages: &[Message],
     usage: Option<(u32, u64, u64)>,
 ) -> Result<()> {
@@ -519,18 +530,22 @@ pub(super) async fn commit_step(
     if entries.is_empty() && texts.is_empty() && usage.is_none() {
         return Ok(());
     }
-    let at = now_us();
+    let postgres = matches!(db, Database::Postgres(_));
     macro_rules! commit {
         ($tx:expr) => {
             async {
                 let mut tx = $tx;
+                if postgres {
+                    // See `RELAXED`.
+                    sqlx::query(RELAXED).execute(&mut *tx).await?;
+                }
                 if !entries.is_empty() {
                     let (mut seq,): (i64,) =
                         sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM agent_transcript WHERE task_id = $1")
                             .bind(task)
                             .fetch_one(&mut *tx)
                             .await?;
-                    for (kind, data) in entries {
+                    for (kind, data, at) in entries {
                         seq += 1;
                         sqlx::query(
                             "INSERT INTO agent_transcript (task_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)",
