@@ -11,8 +11,6 @@ use common::{Daemon, problem};
 use reqwest::{Method as M, StatusCode};
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "Correct-Horse-Battery-7781";
-
 /// A loopback address nothing listens on.
 fn closed_port() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -35,24 +33,8 @@ async fn start() -> (Daemon, String) {
     (d, model)
 }
 
-/// Registers `email` and signs in; answers the access token and the account's id.
 async fn session(d: &Daemon, email: &str) -> (String, String) {
-    let http = reqwest::Client::new();
-    let body = json!({"email": email, "password": PASSWORD, "display_name": email});
-    let r = http.post(d.url("/api/v1/auth/register")).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let user: Value = r.json().await.unwrap();
-    let tokens: Value = http
-        .post(d.url("/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = user["id"].as_str().or(user["user"]["id"].as_str()).unwrap_or_default().to_owned();
-    (tokens["access_token"].as_str().unwrap().to_owned(), id)
+    common::sign_up(d, email).await
 }
 
 async fn call(d: &Daemon, token: &str, method: M, path: &str, body: Option<Value>) -> reqwest::Response {

@@ -16,8 +16,6 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORD: &str = "Correct-Horse-Battery-7781";
-
 const CALC: &str = "def add(a, b):\n    return a - b\n";
 const CALC_TEST: &str = "import unittest\n\nfrom calc import add\n\n\nclass AddTest(unittest.TestCase):\n    def test_adds(self):\n        self.assertEqual(add(2, 3), 5)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
 const FIX: &str =
@@ -34,20 +32,8 @@ struct Env {
     worker: tokio::task::JoinHandle<cloudx_core::Result<()>>,
 }
 
-async fn register(http: &reqwest::Client, d: &Daemon, email: &str) -> String {
-    let body = json!({"email": email, "password": PASSWORD, "display_name": email});
-    let r = http.post(d.url("/api/v1/auth/register")).json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let tokens: Value = http
-        .post(d.url("/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    tokens["access_token"].as_str().unwrap().to_owned()
+async fn register(d: &Daemon, email: &str) -> String {
+    common::sign_up(d, email).await.0
 }
 
 async fn env(script: Vec<Turn>, extra: &[(&str, &str)]) -> Env {
@@ -77,7 +63,7 @@ async fn env_with(llm: ScriptedLlm, extra: &[(&str, &str)]) -> Env {
         async move { worker.run(stop).await }
     });
     let http = reqwest::Client::new();
-    let token = register(&http, &d, "ada@example.com").await;
+    let token = register(&d, "ada@example.com").await;
     let mut e = Env { d, llm, http, token, project: String::new(), stop, worker };
     let p = e.call(M::POST, "/api/v1/projects", Some(json!({"name": "calc"}))).await;
     e.project = p["id"].as_str().unwrap().to_owned();
@@ -505,7 +491,7 @@ async fn a_viewers_agent_cannot_write() {
         &[],
     )
     .await;
-    let viewer = register(&e.http, &e.d, "vic@example.com").await;
+    let viewer = register(&e.d, "vic@example.com").await;
     e.call(M::PUT, &format!("/api/v1/projects/{}/members/vic@example.com", e.project), Some(json!({"role": "viewer"})))
         .await;
     let (task, events) = e.run_as(&viewer, "overwrite calc.py").await;
@@ -515,7 +501,7 @@ async fn a_viewers_agent_cannot_write() {
     assert!(kinds(&events, "file_changed").is_empty());
     assert_eq!(e.file("calc.py").await, CALC);
     // Another user (not an administrator) cannot see the viewer's conversation or task.
-    let eve = register(&e.http, &e.d, "eve@example.com").await;
+    let eve = register(&e.d, "eve@example.com").await;
     let r = e.send_as(&eve, M::GET, &format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()), None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     e.stop().await;

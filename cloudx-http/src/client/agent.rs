@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
+use cloudx_core::Result;
 use cloudx_core::agent::{AgentEvent, Conversation, Task, TaskFilter, TranscriptEntry};
-use cloudx_core::{Error, Result};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::Client;
-use super::files::json_of;
 pub use crate::routes::agent::EventPage;
 
 /// The longest wait the daemon grants a poll of events.
@@ -113,24 +112,13 @@ impl Client {
     /// # Errors
     /// As the daemon answers.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut url = self.base.join("api/v1/tasks").map_err(|e| Error::invalid(e.to_string()))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(project) = filter.project {
-                query.append_pair("project", &project.to_string());
-            }
-            if let Some(conversation) = filter.conversation {
-                query.append_pair("conversation", &conversation.to_string());
-            }
-            if let Some(status) = filter.status {
-                query.append_pair("status", status.as_str());
-            }
-            if let Some(limit) = filter.limit {
-                query.append_pair("limit", &limit.to_string());
-            }
-        }
-        let response = self.exchange_with(Method::GET, url, true, Ok).await?;
-        json_of(&self.base, response).await
+        let pairs = [
+            ("project", filter.project.map(|p| p.to_string())),
+            ("conversation", filter.conversation.map(|c| c.to_string())),
+            ("status", filter.status.map(|s| s.as_str().to_owned())),
+            ("limit", filter.limit.map(|l| l.to_string())),
+        ];
+        self.get_with_query("api/v1/tasks", &pairs).await
     }
 
     /// One task.

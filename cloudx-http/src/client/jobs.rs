@@ -38,24 +38,13 @@ impl Client {
     /// # Errors
     /// As the daemon answers.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
-        let mut url = self.base.join("api/v1/jobs").map_err(|e| Error::invalid(e.to_string()))?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(project) = filter.project {
-                query.append_pair("project", &project.to_string());
-            }
-            if let Some(kind) = &filter.kind {
-                query.append_pair("kind", kind);
-            }
-            if let Some(status) = filter.status {
-                query.append_pair("status", status.as_str());
-            }
-            if let Some(limit) = filter.limit {
-                query.append_pair("limit", &limit.to_string());
-            }
-        }
-        let response = self.exchange_with(Method::GET, url, true, Ok).await?;
-        json_of(&self.base, response).await
+        let pairs = [
+            ("project", filter.project.map(|p| p.to_string())),
+            ("kind", filter.kind.clone()),
+            ("status", filter.status.map(|s| s.as_str().to_owned())),
+            ("limit", filter.limit.map(|l| l.to_string())),
+        ];
+        self.get_with_query("api/v1/jobs", &pairs).await
     }
 
     /// Cancels a job: a queued one at once, a running one at its worker's next heartbeat.

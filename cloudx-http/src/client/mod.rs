@@ -252,6 +252,21 @@ impl Client {
         self.send(Method::GET, "api/v1/audit/verify", None::<&()>, true).await
     }
 
+    /// A signed-in GET of `path` with the query pairs that have a value, read as JSON.
+    async fn get_with_query<T: DeserializeOwned>(&self, path: &str, pairs: &[(&str, Option<String>)]) -> Result<T> {
+        let mut url = self.base.join(path).map_err(|e| Error::invalid(e.to_string()))?;
+        {
+            let mut query = url.query_pairs_mut();
+            for (name, value) in pairs {
+                if let Some(value) = value {
+                    query.append_pair(name, value);
+                }
+            }
+        }
+        let response = self.exchange_with(Method::GET, url, true, Ok).await?;
+        files::json_of(&self.base, response).await
+    }
+
     async fn send_empty<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<()> {
         self.exchange(method, path, body, true).await.map(drop)
     }

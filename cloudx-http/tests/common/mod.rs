@@ -62,3 +62,26 @@ pub async fn problem(response: reqwest::Response) -> serde_json::Value {
     assert_eq!(body["type"], "about:blank");
     body
 }
+
+/// The password of the accounts the tests make.
+pub const PASSWORD: &str = "Correct-Horse-Battery-7781";
+
+/// Registers `email` and signs in; answers the access token and the account's id.
+pub async fn sign_up(d: &Daemon, email: &str) -> (String, String) {
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"email": email, "password": PASSWORD, "display_name": email});
+    let r = http.post(d.url("/api/v1/auth/register")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let user: serde_json::Value = r.json().await.unwrap();
+    let tokens: serde_json::Value = http
+        .post(d.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = user["id"].as_str().or(user["user"]["id"].as_str()).unwrap_or_default().to_owned();
+    (tokens["access_token"].as_str().unwrap().to_owned(), id)
+}
