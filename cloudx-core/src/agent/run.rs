@@ -253,23 +253,19 @@ impl Run<'_> {
         let project_name = cx.storage().project(&actor, task.project).await.map(|p| p.name).unwrap_or_default();
         let system = Message::system(system_prompt(&project_name));
         // The history: stored for a chat; a replay keeps its own (the conversation is not its).
-        let mut history: Vec<Message> = match task.mode {
-            TaskMode::Chat => store::messages(db, task.conversation)
-                .await
-                .map_err(|_| End::Interrupted)?
-                .into_iter()
-                .map(|(_, m)| m)
-                .collect(),
-            TaskMode::Replay => vec![Message::user(task.prompt.clone())],
+        let stored = match task.mode {
+            TaskMode::Chat => store::messages(db, task.conversation).await.map_err(|_| End::Interrupted)?,
+            TaskMode::Replay => vec![(task.id, Message::user(task.prompt.clone()))],
         };
         // An attempt that stored the answer but stopped before recording the end: it stands.
-        if let Some((owner, last)) = history_owner(db, task).await
-            && owner == task.id
+        if let Some((owner, last)) = stored.last()
+            && *owner == task.id
             && last.role == Role::Assistant
             && last.tool_calls.is_empty()
         {
-            return Ok(End::Answered(last.content.unwrap_or_default()));
+            return Ok(End::Answered(last.content.clone().unwrap_or_default()));
         }
+        let mut history: Vec<Message> = stored.into_iter().map(|(_, m)| m).collect();
         let specs = tools::specs();
         let limits = ToolLimits { max_output: usize::try_from(config.max_tool_output.as_u64()).unwrap_or(16 * 1024) };
         let mut steps = task_now.steps;
@@ -470,14 +466,6 @@ impl Run<'_> {
         }
         Ok(Source::Recorded { turns, results })
     }
-}
-
-/// The last stored message of a chat task's conversation, and its task.
-async fn history_owner(db: &crate::db::Database, task: &Task) -> Option<(Uuid, Message)> {
-    if task.mode != TaskMode::Chat {
-        return None;
-    }
-    store::messages(db, task.conversation).await.ok()?.pop()
 }
 
 fn wall_time(budget: Duration) -> String {
