@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::args::{ChatArgs, GlobalArgs, TaskCommand};
 use crate::commands::jobs::{POLL, Watch};
 use crate::commands::projects::resolve;
-use crate::commands::target::Target;
+use crate::commands::target::{self, Target};
 use crate::commands::users::table;
 use crate::{Exit, print};
 
@@ -29,7 +29,7 @@ const LINE: usize = 160;
 
 /// `cloudx chat`.
 pub(crate) async fn chat(args: ChatArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let target = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let target = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = match LocalWorker::start(&target) {
         Ok(worker) => {
             let done = chat_on(&target, args, global).await;
@@ -255,7 +255,8 @@ struct LocalWorker {
 
 impl LocalWorker {
     fn start(target: &Target) -> anyhow::Result<Option<Self>> {
-        let Target::Local(cx) = target else { return Ok(None) };
+        let Target::Local(local) = target else { return Ok(None) };
+        let cx = local.cx();
         let worker = crate::commands::worker::worker(cx, &[CODEGEN.to_owned()])?;
         let stop = CancellationToken::new();
         let running = tokio::spawn({
@@ -278,7 +279,7 @@ impl LocalWorker {
 
 /// `cloudx task ...`.
 pub(crate) async fn task(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let target = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let target = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = task_on(&target, command).await;
     target.close().await;
     done

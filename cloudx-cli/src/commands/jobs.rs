@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::args::{GlobalArgs, JobCommand, SubmitArgs};
 use crate::commands::projects::resolve;
-use crate::commands::target::Target;
+use crate::commands::target::{self, Target};
 use crate::commands::users::table;
 use crate::print;
 
@@ -31,7 +31,7 @@ const PAGE: u32 = 1000;
 
 /// `cloudx job ...`.
 pub(crate) async fn job(command: JobCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let client = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = job_on(&client, command, global).await;
     client.close().await;
     done

@@ -9,14 +9,14 @@ use cloudx_core::{CloudxConfig, Error, ErrorKind, Principal, ProjectRole};
 use uuid::Uuid;
 
 use crate::args::{FileCommand, GlobalArgs, ProjectCommand, StorageCommand};
-use crate::commands::target::Target;
+use crate::commands::target::{self, Target};
 use crate::commands::users::table;
 use crate::print;
 
 /// Finds a project by id, or by slug among the caller's projects.
 pub(crate) async fn resolve(client: &Target, project: &str) -> anyhow::Result<Project> {
     if let Ok(id) = Uuid::parse_str(project) {
-        return client.project(id).await;
+        return Ok(client.project(id).await?);
     }
     let mut found = client.list_projects(false, false, Some(project)).await?;
     match found.len() {
@@ -39,7 +39,7 @@ fn size(bytes: u64) -> String {
 
 /// `cloudx project ...`.
 pub(crate) async fn project(command: ProjectCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let client = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = project_on(&client, command).await;
     client.close().await;
     done
@@ -177,7 +177,7 @@ async fn project_on(client: &Target, command: ProjectCommand) -> anyhow::Result<
 
 /// `cloudx file ...`.
 pub(crate) async fn file(command: FileCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let client = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = file_on(&client, command).await;
     client.close().await;
     done

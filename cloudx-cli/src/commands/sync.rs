@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
-use crate::commands::target::Target;
+use crate::commands::target::{self, Target};
 use anyhow::Context as _;
 use cloudx_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -197,7 +197,7 @@ fn finish(conflicts: &[String], done: usize, what: &str) -> anyhow::Result<()> {
 
 /// `cloudx push DIR PROJECT`.
 pub(crate) async fn push(args: SyncArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let client = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = push_on(&client, args).await;
     client.close().await;
     done
@@ -295,7 +295,7 @@ async fn push_on(client: &Target, args: SyncArgs) -> anyhow::Result<()> {
 
 /// `cloudx pull PROJECT DIR`.
 pub(crate) async fn pull(args: PullArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
+    let client = target::open(|| Ok(crate::commands::load_config(global, |l| l)?)).await?;
     let done = pull_on(&client, args).await;
     client.close().await;
     done
@@ -340,7 +340,7 @@ async fn pull_on(client: &Target, args: PullArgs) -> anyhow::Result<()> {
                     Err(e) => {
                         state.files = next;
                         save_state(&args.dir, &state)?;
-                        return Err(e);
+                        return Err(e.into());
                     }
                 };
                 print(&format!("fetched {path} (version {})\n", got.version));

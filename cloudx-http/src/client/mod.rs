@@ -24,6 +24,7 @@ pub use crate::routes::auth::{LoginResponse, Me};
 mod agent;
 mod files;
 mod jobs;
+pub mod target;
 
 pub use self::agent::EventPage;
 pub use self::files::{Downloaded, write_file_atomically};
