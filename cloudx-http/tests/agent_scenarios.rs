@@ -211,7 +211,8 @@ async fn the_agent_reads_fixes_tests_and_reports_over_the_websocket() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
 
     let task = e.ask_as(&e.token, &c, "add() is wrong; fix it and run the tests").await;
-    assert_eq!(task["status"], "queued");
+    // The daemon's own worker may have taken the task before the answer is read back.
+    assert!(matches!(task["status"].as_str(), Some("queued" | "running")), "{task}");
     let id = task["id"].as_str().unwrap().to_owned();
     let mut events: Vec<Value> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
