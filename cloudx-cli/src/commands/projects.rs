@@ -15,22 +15,13 @@ use crate::print;
 
 /// Finds a project by id, or by slug among the caller's projects.
 pub(crate) async fn resolve(client: &Target, project: &str) -> anyhow::Result<Project> {
-    if let Ok(id) = Uuid::parse_str(project) {
-        return Ok(client.project(id).await?);
-    }
-    let mut found = client.list_projects(false, false, Some(project)).await?;
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(Error::not_found(format!("no project `{project}` among yours (`cloudx project list`)")).into()),
-        n => Err(Error::new(
-            ErrorKind::Conflict,
-            format!(
-                "{n} of your projects have the slug `{project}` (they have different owners); name one by id: {}",
-                found.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        )
-        .into()),
-    }
+    client.resolve_project(project).await.map_err(|e| {
+        if e.kind() == ErrorKind::NotFound && Uuid::parse_str(project).is_err() {
+            Error::not_found(format!("{} (`cloudx project list`)", e.message())).into()
+        } else {
+            e.into()
+        }
+    })
 }
 
 fn size(bytes: u64) -> String {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use cloudx_core::storage::{
-    FileVersion, Member, NewProject, Project, ProjectPath, ProjectUpdate, Template, Tree, Versioned,
+    ByteStream, FileVersion, Member, NewProject, Project, ProjectPath, ProjectUpdate, Template, Tree, Versioned,
 };
 use cloudx_core::{Error, ErrorKind, ProjectRole, Result};
 use futures_util::StreamExt as _;
@@ -14,6 +14,22 @@ use tokio::io::AsyncWriteExt as _;
 use uuid::Uuid;
 
 use super::{Client, unreachable_daemon};
+
+/// A file being read: its version, its size when known, and its content as it streams in.
+pub struct Opened {
+    /// The version read.
+    pub version: i64,
+    /// The content's length, when the other side said it.
+    pub size: Option<u64>,
+    /// The content.
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").field("version", &self.version).field("size", &self.size).finish_non_exhaustive()
+    }
+}
 
 /// What a download wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +185,29 @@ impl Client {
         expected_version: Option<i64>,
         message: Option<&str>,
     ) -> Result<FileVersion> {
+        let read_error = |e: std::io::Error| Error::invalid(format!("cannot read {}: {e}", local.display()));
+        let file = tokio::fs::File::open(local).await.map_err(read_error)?;
+        let length = file.metadata().await.map_err(read_error)?.len();
+        let body: ByteStream = Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+        self.put_stream(id, path, body, Some(length), expected_version, message).await
+    }
+
+    /// Uploads `body` as `path`, streamed; `size`, when known, is sent ahead (the daemon then
+    /// refuses an oversized file before reading it). `expected_version` as for
+    /// [`put_file`](Self::put_file). An error of `body` aborts the upload: no version is
+    /// written.
+    ///
+    /// # Errors
+    /// As the daemon answers: [`ErrorKind::PreconditionFailed`] when another write came first.
+    pub async fn put_stream(
+        &self,
+        id: Uuid,
+        path: &str,
+        body: ByteStream,
+        size: Option<u64>,
+        expected_version: Option<i64>,
+        message: Option<&str>,
+    ) -> Result<FileVersion> {
         let mut url = self.project_url(id, "files", Some(path))?;
         if let Some(v) = expected_version {
             url.query_pairs_mut().append_pair("expected_version", &v.to_string());
@@ -176,16 +215,20 @@ impl Client {
         if let Some(m) = message {
             url.query_pairs_mut().append_pair("message", m);
         }
-        let read_error = |e: std::io::Error| Error::invalid(format!("cannot read {}: {e}", local.display()));
+        // A stream is sent once: a session refreshed part-way cannot send it again.
+        let body = std::sync::Mutex::new(Some(body));
         let response = self
             .transfer(Method::PUT, url, |request| {
-                let file = std::fs::File::open(local).map_err(read_error)?;
-                let length = file.metadata().map_err(read_error)?.len();
-                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
-                Ok(request
-                    .header(header::CONTENT_LENGTH, length)
-                    .header(header::CONTENT_TYPE, "application/octet-stream")
-                    .body(reqwest::Body::wrap_stream(stream)))
+                let stream =
+                    body.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().ok_or_else(|| {
+                        Error::new(ErrorKind::Unauthenticated, "the session expired during the upload; sign in again")
+                    })?;
+                let request = request.header(header::CONTENT_TYPE, "application/octet-stream");
+                let request = match size {
+                    Some(size) => request.header(header::CONTENT_LENGTH, size),
+                    None => request,
+                };
+                Ok(request.body(reqwest::Body::wrap_stream(stream)))
             })
             .await?;
         json_of(&self.base, response).await
@@ -197,6 +240,19 @@ impl Client {
     /// # Errors
     /// As the daemon answers, or [`ErrorKind::Internal`] when `local` cannot be written.
     pub async fn get_file(&self, id: Uuid, path: &str, version: Option<i64>, local: &Path) -> Result<Downloaded> {
+        let opened = self.open_file(id, path, version).await?;
+        let chunks = opened.body.map(|chunk| {
+            chunk.map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot read the file's content: {e}")))
+        });
+        let size = write_file_atomically(local, chunks).await?;
+        Ok(Downloaded { version: opened.version, size })
+    }
+
+    /// Opens `path` (at `version`, else the latest) for reading as it streams in.
+    ///
+    /// # Errors
+    /// As the daemon answers; the stream's items fail when the daemon stops sending.
+    pub async fn open_file(&self, id: Uuid, path: &str, version: Option<i64>) -> Result<Opened> {
         let mut url = self.project_url(id, "files", Some(path))?;
         if let Some(v) = version {
             url.query_pairs_mut().append_pair("version", &v.to_string());
@@ -207,21 +263,24 @@ impl Client {
             .get("x-cloudx-version")
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| Error::new(ErrorKind::Internal, "the daemon's answer names no version"))?;
+        let size = response.content_length();
         let base = self.base.clone();
-        let chunks = futures_util::stream::unfold(Box::pin(response.bytes_stream()), move |mut body| {
+        let body = futures_util::stream::unfold(Box::pin(response.bytes_stream()), move |mut body| {
             let base = base.clone();
             async move {
                 let item = match tokio::time::timeout(super::TIMEOUT, body.next()).await {
-                    Err(_) => {
-                        Some(Err(Error::new(ErrorKind::Unavailable, format!("the daemon at {base} stopped sending"))))
-                    }
-                    Ok(next) => next.map(|chunk| chunk.map_err(|e| unreachable_daemon(&base, &e))),
+                    Err(_) => Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the daemon at {base} stopped sending"),
+                    ))),
+                    Ok(next) => next.map(|chunk| {
+                        chunk.map_err(|e| std::io::Error::other(unreachable_daemon(&base, &e).message().to_owned()))
+                    }),
                 };
                 item.map(|item| (item, body))
             }
         });
-        let size = write_file_atomically(local, chunks).await?;
-        Ok(Downloaded { version, size })
+        Ok(Opened { version, size, body: Box::pin(body) })
     }
 
     /// The versions of `path`, newest first.

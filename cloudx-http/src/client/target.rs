@@ -7,13 +7,16 @@ use std::path::Path;
 
 use cloudx_core::agent::{AgentEvent, Conversation, Task, TaskFilter, TranscriptEntry};
 use cloudx_core::auth::audit::Client as AuditClient;
-use cloudx_core::queue::{Job, JobEvent, JobFilter, NewJob, WorkerInfo};
+use cloudx_core::queue::{Job, JobEvent, JobFilter, JobStatus, NewJob, WorkerInfo};
+use cloudx_core::sandbox::{OutputChunk, ProjectExec};
 use cloudx_core::storage::{ByteStream, FileVersion, Member, NewProject, Project, ProjectFilter, PutOptions, Tree};
 use cloudx_core::{Cloudx, Error, ErrorKind, Principal, ProjectRole, Result};
 use futures_util::StreamExt as _;
 use uuid::Uuid;
 
-use super::{Client, Downloaded, write_file_atomically};
+use tokio::sync::mpsc;
+
+use super::{Client, Downloaded, Opened, write_file_atomically};
 
 /// A daemon, or the embedded core.
 #[derive(Debug)]
@@ -91,6 +94,29 @@ impl Target {
                 cx.storage().list_projects(actor, &filter).await?
             }
         })
+    }
+
+    /// A project named by id, or by slug among the caller's projects.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for no such project, [`ErrorKind::Conflict`] for a slug two of
+    /// the caller's projects share (they have different owners).
+    pub async fn resolve_project(&self, project: &str) -> Result<Project> {
+        if let Ok(id) = Uuid::parse_str(project) {
+            return self.project(id).await;
+        }
+        let mut found = self.list_projects(false, false, Some(project)).await?;
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Error::not_found(format!("no project `{project}` among yours"))),
+            n => Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{n} of your projects have the slug `{project}` (they have different owners); name one by id: {}",
+                    found.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
     }
 
     pub async fn create_project(&self, new: &NewProject) -> Result<Project> {
@@ -357,6 +383,124 @@ impl Target {
         })
     }
 
+    /// Writes `body` as a new version of `path` (`size`: its length, when known ahead).
+    /// An error of `body` aborts the write: no version is made.
+    ///
+    /// # Errors
+    /// As [`Storage::put_file`](cloudx_core::storage::Storage::put_file).
+    pub async fn put_stream(
+        &self,
+        id: Uuid,
+        path: &str,
+        body: ByteStream,
+        size: Option<u64>,
+        expected_version: Option<i64>,
+        message: Option<&str>,
+    ) -> Result<FileVersion> {
+        match self {
+            Target::Remote(c) => c.put_stream(id, path, body, size, expected_version, message).await,
+            Target::Local(Local { cx, actor, audit }) => {
+                let options = PutOptions { expected_version, message: message.map(str::to_owned), declared_size: size };
+                cx.storage().put_file(actor, audit, id, path, body, options).await
+            }
+        }
+    }
+
+    /// Opens `path` (at `version`, else the latest) for reading as it streams.
+    ///
+    /// # Errors
+    /// As [`Storage::open_file`](cloudx_core::storage::Storage::open_file).
+    pub async fn open_file(&self, id: Uuid, path: &str, version: Option<i64>) -> Result<Opened> {
+        match self {
+            Target::Remote(c) => c.open_file(id, path, version).await,
+            Target::Local(Local { cx, actor, .. }) => {
+                let download = cx.storage().open_file(actor, id, path, version).await?;
+                let (version, size) = (download.file.version, download.file.size);
+                Ok(Opened { version, size: Some(size), body: download.stream(None).await? })
+            }
+        }
+    }
+
+    /// Runs `request` in the sandbox on the project's files, as
+    /// [`Cloudx::exec_in_project`] does, with the output sent to `chunks` as it comes. On a
+    /// daemon the run is a `sandbox_exec` job (so that it streams, and outlives no caller):
+    /// dropping the future cancels the job, which kills its sandbox. Answers the
+    /// [`ProjectRun`](cloudx_core::sandbox::ProjectRun) in its JSON form.
+    ///
+    /// # Errors
+    /// As [`Cloudx::exec_in_project`]; on a daemon, a job that ends without a run (no worker
+    /// took it before its attempts ran out, or it was cancelled) is
+    /// [`ErrorKind::Unavailable`] with the job's last error.
+    pub async fn exec(
+        &self,
+        project: Uuid,
+        request: ProjectExec,
+        chunks: Option<mpsc::Sender<OutputChunk>>,
+    ) -> Result<serde_json::Value> {
+        match self {
+            Target::Local(Local { cx, actor, audit }) => {
+                let run = cx.exec_in_project(actor, audit, project, request, None, chunks).await?;
+                serde_json::to_value(&run).map_err(|e| Error::internal("cannot encode the run", e))
+            }
+            Target::Remote(c) => {
+                let payload =
+                    serde_json::to_value(&request).map_err(|e| Error::internal("cannot encode the run", e))?;
+                let mut job = NewJob::new("sandbox_exec", payload);
+                job.project = Some(project);
+                // A run is not tried again behind the caller's back.
+                job.max_attempts = Some(1);
+                let (job, _) = c.submit_job(&job).await?;
+                let guard = CancelOnDrop { client: c.clone(), job: Some(job.id) };
+                let done = follow_job(self, job.id, chunks).await;
+                guard.disarm();
+                let job = done?;
+                match (job.status, job.result) {
+                    (JobStatus::Succeeded, Some(run)) => Ok(run),
+                    (status, _) => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the run (job {}) ended {}: {}",
+                            job.id,
+                            status.as_str(),
+                            job.last_error.as_deref().unwrap_or("no reason given")
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Waits until the job has finished and returns it (its events are read, to follow it,
+    /// by [`job_events`](Self::job_events)); `None` after `timeout`.
+    ///
+    /// # Errors
+    /// As [`job`](Self::job).
+    pub async fn wait_job(&self, id: Uuid, timeout: Option<std::time::Duration>) -> Result<Option<Job>> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let job = self.job(id).await?;
+            if job.status.is_finished() {
+                return Ok(Some(job));
+            }
+            // The queue wakes a local waiter on every change, else a look every fifth of a
+            // second; a daemon's queue is polled.
+            let pause: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> = match self {
+                Target::Local(l) => Box::pin(l.cx.queue().wait(JOB_POLL * 2)),
+                Target::Remote(_) => Box::pin(tokio::time::sleep(JOB_POLL)),
+            };
+            let timed_out = match deadline {
+                Some(d) => tokio::time::timeout_at(d, pause).await.is_err(),
+                None => {
+                    pause.await;
+                    false
+                }
+            };
+            if timed_out {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Where the jobs live, for messages: the daemon's URL, or the instance's database.
     pub fn location(&self) -> String {
         match self {
@@ -369,6 +513,70 @@ impl Target {
                 Ok(target) => format!("this instance's database ({})", target.display_location()),
                 Err(_) => "this instance".to_owned(),
             },
+        }
+    }
+}
+
+/// How often a daemon's job is looked at while it is followed.
+const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Follows job `id` until it ends, sending its `stdout` / `stderr` events to `chunks`.
+async fn follow_job(target: &Target, id: Uuid, chunks: Option<mpsc::Sender<OutputChunk>>) -> Result<Job> {
+    let mut after = 0;
+    loop {
+        // The job is read before its events: once it has ended, every event it made is
+        // already there.
+        let job = target.job(id).await?;
+        loop {
+            let events = target.job_events(id, after, 1000).await?;
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            if let Some(chunks) = &chunks {
+                for event in events {
+                    let text = match event.data {
+                        serde_json::Value::String(text) => text,
+                        _ => continue,
+                    };
+                    let chunk = match event.kind.as_str() {
+                        "stdout" => OutputChunk::Stdout(text.into()),
+                        "stderr" => OutputChunk::Stderr(text.into()),
+                        _ => continue,
+                    };
+                    // A reader that went away stops nothing: the run ends as it would.
+                    let _ = chunks.send(chunk).await;
+                }
+            }
+        }
+        if job.status.is_finished() {
+            return Ok(job);
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+/// Cancels a daemon's job when dropped armed: a run whose caller went away (Ctrl-C) stops.
+struct CancelOnDrop {
+    client: Client,
+    job: Option<Uuid>,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.job.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                if let Err(e) = client.cancel_job(id).await {
+                    tracing::warn!(job = %id, error = %e, "cannot cancel an abandoned run");
+                }
+            });
         }
     }
 }
