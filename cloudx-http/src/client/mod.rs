@@ -24,10 +24,11 @@ pub use crate::routes::auth::{LoginResponse, Me};
 mod agent;
 mod files;
 mod jobs;
+pub mod sync;
 pub mod target;
 
 pub use self::agent::EventPage;
-pub use self::files::{Downloaded, write_file_atomically};
+pub use self::files::{Downloaded, Opened, write_file_atomically};
 
 /// How the client proves who it is.
 #[derive(Clone, Default)]
