@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
+/// `CLOUDX_` variables that are not configuration: the file's path, and the API key the Python
+/// extension's `cloudx.connect` reads (a notebook may set it and also open an instance).
+const CLIENT_VARS: [&str; 2] = ["CLOUDX_CONFIG", "CLOUDX_API_KEY"];
+
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
@@ -149,8 +153,9 @@ impl ConfigLoader {
     }
 
     /// The environment, as name/value pairs. Only `CLOUDX_*`, `OPENAI_API_KEY` and
-    /// `OPENAI_BASE_URL` are read; `CLOUDX_CONFIG` names the file, `CLOUDX_TEST_*` is reserved for
-    /// test harnesses, and any other `CLOUDX_` variable must name a key.
+    /// `OPENAI_BASE_URL` are read; `CLOUDX_CONFIG` names the file, `CLOUDX_API_KEY` is the
+    /// Python client's, `CLOUDX_TEST_*` is reserved for test harnesses, and any other `CLOUDX_`
+    /// variable must name a key.
     #[must_use]
     pub fn env<I, K, V>(mut self, vars: I) -> Self
     where
@@ -252,7 +257,7 @@ impl Merged {
         let mut vars: Vec<_> = env.iter().filter(|(k, _)| k.starts_with("CLOUDX_")).collect();
         vars.sort();
         for (var, raw) in vars {
-            if var == "CLOUDX_CONFIG" || var.starts_with("CLOUDX_TEST_") {
+            if CLIENT_VARS.contains(&var.as_str()) || var.starts_with("CLOUDX_TEST_") {
                 continue;
             }
             let key = env_var_to_key(var);

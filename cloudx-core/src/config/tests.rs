@@ -66,7 +66,13 @@ fn default_file_is_optional_but_named_files_are_not() {
 
 #[test]
 fn reserved_and_foreign_variables_are_ignored() {
-    let config = load(&[("CLOUDX_TEST_POSTGRES_URL", "postgres://x"), ("HOME", "/root"), ("PATH", "/bin")]).unwrap();
+    let env = [
+        ("CLOUDX_TEST_POSTGRES_URL", "postgres://x"),
+        ("CLOUDX_API_KEY", "cxk_x"),
+        ("HOME", "/root"),
+        ("PATH", "/bin"),
+    ];
+    let config = load(&env).unwrap();
     assert!(config.database.url.is_none());
 }
 
