@@ -112,8 +112,11 @@ pub(crate) async fn run_streaming(
                 continue;
             }
             let text: Vec<u8> = buf.drain(..whole).collect();
-            // A lost lease shows here too; the worker then stops this handler.
-            let _ = job.event(kind, json!(String::from_utf8_lossy(&text))).await;
+            // A lost lease shows here too; the worker then stops this handler. The output stays
+            // in the run's result either way; a lost event is logged, to be seen.
+            if let Err(e) = job.event(kind, json!(String::from_utf8_lossy(&text))).await {
+                tracing::warn!(job = %job.job.id, kind, error = %e, "a run's output event was not stored");
+            }
         }
     };
     let result = loop {
