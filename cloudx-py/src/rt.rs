@@ -58,25 +58,27 @@ where
 }
 
 /// [`block`] for a caller that has released the GIL already.
+///
+/// Signal handlers run between two slices of the wait, outside the runtime, so that a handler
+/// may itself call cloudx.
 pub(crate) fn wait<T, F>(fut: F) -> Result<T, Stopped>
 where
     F: Future<Output = cloudx_core::Result<T>>,
 {
-    runtime().block_on(async {
-        tokio::pin!(fut);
-        let mut tick = tokio::time::interval(SIGNAL_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                out = &mut fut => return out.map_err(Stopped::Failed),
-                _ = tick.tick() => {
-                    // Signals are only seen on the main thread; elsewhere this is a no-op.
-                    if let Err(e) = Python::attach(|py| py.check_signals()) {
-                        return Err(Stopped::Interrupted(e));
-                    }
-                }
-            }
+    let rt = runtime();
+    let mut fut = Box::pin(fut);
+    loop {
+        let slice = rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, fut.as_mut()).await });
+        if let Ok(out) = slice {
+            return out.map_err(Stopped::Failed);
         }
-    })
+        // Signals are only seen on the main thread; elsewhere this is a no-op.
+        if let Err(e) = Python::attach(|py| py.check_signals()) {
+            // Dropped in the runtime's context: what the future holds may spawn its clean-up
+            // (a guard that cancels a daemon's job).
+            let _context = rt.enter();
+            drop(fut);
+            return Err(Stopped::Interrupted(e));
+        }
+    }
 }

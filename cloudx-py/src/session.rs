@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::rt::{block, runtime};
+use crate::rt::{block, runtime, wait};
 use crate::streams::{Reader, RunHandle, Writer};
 
 /// What the audit log records as the client of an embedded change.
@@ -64,20 +64,23 @@ impl Session {
 
 /// `cloudx.open(...)`: the core in this process.
 #[pyfunction]
-#[pyo3(signature = (data_dir, user = None, config = None, worker = true))]
+#[pyo3(signature = (data_dir = None, user = None, config = None, worker = true))]
 pub(crate) fn open_embedded(
     py: Python<'_>,
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     user: Option<String>,
     config: Option<PathBuf>,
     worker: bool,
 ) -> PyResult<Session> {
     let mut loader = ConfigLoader::new()
+        .default_file("cloudx.toml")
         .env(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
     if let Some(file) = &config {
         loader = loader.file(file);
     }
-    loader = loader.flag("data_dir", "data_dir=", data_dir.to_string_lossy().into_owned());
+    if let Some(dir) = &data_dir {
+        loader = loader.flag("data_dir", "data_dir=", dir.to_string_lossy().into_owned());
+    }
     let config = loader.load().map_err(|e| crate::errors::to_py(py, &Error::invalid(e.to_string())))?;
     let location = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let (target, worker, actor) = block(py, async move {
@@ -185,16 +188,46 @@ impl Session {
     ) -> PyResult<(Bound<'py, PyBytes>, i64)> {
         let target = self.target()?;
         let project = parse_id(py, "project", project)?;
-        let (content, version) = block(py, async {
-            let opened = target.open_file(project, path, version).await?;
-            let mut content = Vec::with_capacity(usize::try_from(opened.size.unwrap_or(0)).unwrap_or(0));
-            let mut body = opened.body;
+        let opened = block(py, target.open_file(project, path, version))?;
+        let (version, mut body) = (opened.version, opened.body);
+        let unreadable = |e: std::io::Error| Error::new(ErrorKind::Unavailable, format!("cannot read {path}: {e}"));
+        // Of a known size (always, embedded): read straight into the `bytes` Python gets, so the
+        // content is copied once, as it is by a reader in Rust.
+        if let Some(size) = opened.size.and_then(|s| usize::try_from(s).ok()) {
+            let bytes = PyBytes::new_with(py, size, |buf| {
+                py.detach(|| {
+                    wait(async {
+                        let mut filled = 0;
+                        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                            let chunk = chunk.map_err(unreadable)?;
+                            let Some(into) = buf.get_mut(filled..filled + chunk.len()) else {
+                                return Err(Error::new(
+                                    ErrorKind::Unavailable,
+                                    format!("cannot read {path}: it is longer than its announced {size} bytes"),
+                                ));
+                            };
+                            into.copy_from_slice(&chunk);
+                            filled += chunk.len();
+                        }
+                        if filled < size {
+                            return Err(Error::new(
+                                ErrorKind::Unavailable,
+                                format!("cannot read {path}: it ended after {filled} of its {size} bytes"),
+                            ));
+                        }
+                        Ok(())
+                    })
+                })
+                .map_err(|e| e.into_py(py))
+            })?;
+            return Ok((bytes, version));
+        }
+        let content = block(py, async {
+            let mut content = Vec::new();
             while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                let chunk =
-                    chunk.map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot read {path}: {e}")))?;
-                content.extend_from_slice(&chunk);
+                content.extend_from_slice(&chunk.map_err(unreadable)?);
             }
-            Ok((content, opened.version))
+            Ok(content)
         })?;
         Ok((PyBytes::new(py, &content), version))
     }

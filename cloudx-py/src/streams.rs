@@ -121,10 +121,14 @@ impl Reader {
     }
 
     /// Stops reading (the rest is not fetched).
-    fn close(&self) {
-        let mut unread = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
-        unread.body = None;
-        unread.pending = Bytes::new();
+    fn close(&self, py: Python<'_>) {
+        // Without the GIL: a read in another thread holds the lock and takes the GIL to look
+        // for signals.
+        py.detach(|| {
+            let mut unread = self.unread.lock().unwrap_or_else(PoisonError::into_inner);
+            unread.body = None;
+            unread.pending = Bytes::new();
+        });
     }
 
     fn __repr__(&self) -> String {
@@ -171,6 +175,7 @@ impl Writer {
             (upload.tx.take(), upload.done.take())
         };
         let Some(done) = done else { return Ok(None) };
+        let stop = done.abort_handle();
         let aborted = block(py, async move {
             if let Some(tx) = tx
                 && abort
@@ -181,8 +186,16 @@ impl Writer {
         });
         match aborted {
             Ok(version) => Ok(Some(version)),
-            Err(_) if abort => Ok(None),
-            Err(e) => Err(e),
+            Err(_) if abort => {
+                stop.abort();
+                Ok(None)
+            }
+            Err(e) => {
+                // Interrupted (Ctrl-C) while it finished: the upload stops rather than ending
+                // unseen in the background (a no-op when it failed by itself).
+                stop.abort();
+                Err(e)
+            }
         }
     }
 }
@@ -254,8 +267,11 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Never finished: the upload is aborted, nothing written.
         let upload = self.upload.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let (Some(tx), Some(_)) = (upload.tx.take(), upload.done.as_ref()) {
+        if let (Some(tx), Some(done)) = (upload.tx.take(), upload.done.take()) {
             let _ = tx.try_send(Err(std::io::Error::other("the writer was dropped unfinished")));
+            // Stopped even when the error could not be queued: an upload whose body merely
+            // ended would be saved.
+            done.abort();
         }
     }
 }

@@ -190,3 +190,31 @@ def test_a_daemon_refuses_a_bad_key(daemon) -> None:  # type: ignore[no-untyped-
     gone = cloudx.connect("http://127.0.0.1:9", api_key="cxk_x")
     with pytest.raises(cloudx.Unavailable):
         gone.projects.list()
+
+
+def test_configuration_is_read_as_the_daemon_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client's key may sit in the environment of a notebook that also opens an instance.
+    monkeypatch.setenv("CLOUDX_API_KEY", "cxk_for_connect")
+    cloudx.open(tmp_path / "a", worker=False).close()
+    monkeypatch.setenv("CLOUDX_SANDBOX__ENABLD", "true")
+    with pytest.raises(cloudx.InvalidInput, match="CLOUDX_SANDBOX__ENABLD"):
+        cloudx.open(tmp_path / "b", worker=False)
+    monkeypatch.delenv("CLOUDX_SANDBOX__ENABLD")
+    (tmp_path / "cloudx.toml").write_text("[http]\nbindd = 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cloudx.InvalidInput, match="bindd"):
+        cloudx.open(tmp_path / "c", worker=False)
+
+
+def test_errors_pickle_and_an_unclosed_writer_writes_nothing(cx: cloudx.Cloudx, project: cloudx.Project) -> None:
+    import gc
+    import pickle
+
+    e = pickle.loads(pickle.dumps(cloudx.RateLimited("rate_limited", "slow down", 2.0)))
+    assert (type(e), e.code, e.message, e.retry_after) == (cloudx.RateLimited, "rate_limited", "slow down", 2.0)
+    w = cx.files.open(project, "dropped.bin", "wb")
+    w.write(b"half")
+    del w
+    gc.collect()
+    with pytest.raises(cloudx.NotFound):
+        cx.files.read(project, "dropped.bin")

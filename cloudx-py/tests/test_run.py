@@ -75,6 +75,19 @@ def test_cancel_kills_a_streaming_run(cx: cloudx.Cloudx, project: cloudx.Project
     assert time.monotonic() - began < 15
 
 
+
+def test_cancelling_an_awaited_run_kills_it(cx: cloudx.Cloudx, project: cloudx.Project) -> None:
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cx.aio.run(["sh", "-c", "echo x > mark.txt; sleep 60"], project=project, commit=True), 2)
+
+    began = time.monotonic()
+    asyncio.run(main())  # returns once the reading thread has ended, so only if the run was killed
+    assert time.monotonic() - began < 20
+    with pytest.raises(cloudx.NotFound):
+        cx.files.read(project, "mark.txt")  # a killed run commits nothing
+
+
 INTERRUPTED = """
 import os, sys, time, cloudx
 cx = cloudx.open(sys.argv[1], worker=False)

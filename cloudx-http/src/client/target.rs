@@ -451,9 +451,10 @@ impl Target {
                 job.max_attempts = Some(1);
                 let (job, _) = c.submit_job(&job).await?;
                 let guard = CancelOnDrop { client: c.clone(), job: Some(job.id) };
-                let done = follow_job(self, job.id, chunks).await;
+                // Following it failed (the daemon went away, say): the guard cancels it too, so
+                // that no run the caller was told failed goes on, and commits, unseen.
+                let job = follow_job(self, job.id, chunks).await?;
                 guard.disarm();
-                let job = done?;
                 match (job.status, job.result) {
                     (JobStatus::Succeeded, Some(run)) => Ok(run),
                     (status, _) => Err(Error::new(

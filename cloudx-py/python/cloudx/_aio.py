@@ -8,6 +8,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
+from ._api import _seconds
 from ._types import Conversation, FileEntry, FileVersion, Job, Member, Project, RunResult, SyncReport
 
 if TYPE_CHECKING:
@@ -34,8 +35,12 @@ class AsyncCloudx:
         self.jobs = AsyncJobs(cx)
 
     async def run(self, argv: Sequence[str], **options: Any) -> RunResult:
-        """`Cloudx.run`, awaited (the same options)."""
-        return await _in_thread(self.sync.run, argv, **options)
+        """`Cloudx.run`, awaited (the same options). Cancelling the awaiting task kills the run."""
+        stream = await _in_thread(self.sync.run_stream, argv, **options)
+        async for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
 
     async def run_stream(self, argv: Sequence[str], **options: Any) -> RunStream:
         """`Cloudx.run_stream`: read it with `async for`."""
@@ -140,7 +145,17 @@ class AsyncJobs:
         return await _in_thread(self._sync.list, **options)
 
     async def wait(self, job: Union[Job, str], *, timeout: Optional[Duration] = None) -> Job:
-        return await _in_thread(self._sync.wait, job, timeout=timeout)
+        # In slices of a second, so that a cancelled task leaves no thread waiting behind it.
+        loop = asyncio.get_running_loop()
+        limit = _seconds(timeout, "timeout")
+        deadline = None if limit is None else loop.time() + limit
+        while True:
+            left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - loop.time()))
+            try:
+                return await _in_thread(self._sync.wait, job, timeout=left)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise TimeoutError(f"job {getattr(job, 'id', job)} had not finished after {limit} s") from None
 
     async def cancel(self, job: Union[Job, str]) -> Job:
         return await _in_thread(self._sync.cancel, job)

@@ -6,6 +6,7 @@ import io
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -37,22 +38,27 @@ Duration = Union[float, int, timedelta]
 """Seconds, or a timedelta."""
 
 def open(  # noqa: A001 - `cloudx.open` mirrors the built-in on purpose
-    data_dir: Union[str, os.PathLike[str]] = "./cloudx-data",
+    data_dir: Optional[Union[str, os.PathLike[str]]] = None,
     *,
     user: Optional[str] = None,
     config: Optional[Union[str, os.PathLike[str]]] = None,
     worker: bool = True,
 ) -> Cloudx:
     """The core in this process, on `data_dir` (made on first use with the embedded defaults:
-    SQLite and local files). No daemon is needed.
+    SQLite and local files; without it, the configuration's `data_dir`, by default
+    `./cloudx-data`). No daemon is needed.
 
     It acts as the local system principal (every right; it has no password and cannot sign in
     over HTTP), or, with `user`, as the account with that e-mail, with exactly its rights.
-    `config` is a `cloudx.toml`; `CLOUDX_*` environment variables apply as for the daemon. With
+    The configuration is read as the daemon reads it: `config` (else `CLOUDX_CONFIG`, else a
+    `./cloudx.toml` that exists), then the `CLOUDX_*` environment variables; `data_dir` wins. With
     `worker`, an in-process worker runs jobs and agent tasks while the instance is open.
     """
     session = _cloudx.open_embedded(
-        os.fspath(data_dir), user=user, config=None if config is None else os.fspath(config), worker=worker
+        None if data_dir is None else os.fspath(data_dir),
+        user=user,
+        config=None if config is None else os.fspath(config),
+        worker=worker,
     )
     return Cloudx(session)
 
@@ -135,8 +141,11 @@ class Cloudx:
             return project.id
         if not isinstance(project, str) or not project:
             raise _invalid("project: give a Project, its id or its slug")
-        if len(project) == 36 and project.count("-") == 4:
-            return project
+        if len(project) == 36:
+            try:
+                return str(uuid.UUID(project))
+            except ValueError:
+                pass  # a slug of that length
         with self._lock:
             known = self._projects_by_name.get(project)
         if known is None:
@@ -541,7 +550,9 @@ class FileReader(io.RawIOBase):
 
 class FileWriter(io.RawIOBase):
     """A new version of a file, uploaded as it is written; it exists once `close` returns
-    (`result` is then its FileVersion). Leaving a `with` block by an exception aborts it."""
+    (`result` is then its FileVersion). Leaving a `with` block by an exception aborts it, and
+    so does dropping the writer unclosed. (A wrapper such as `io.TextIOWrapper` closes, so
+    saves, what was written when its own `with` block raises: abort the writer there.)"""
 
     def __init__(self, native: _cloudx.Writer) -> None:
         super().__init__()
@@ -582,6 +593,13 @@ class FileWriter(io.RawIOBase):
             self.abort()
         else:
             self.close()
+
+    def __del__(self) -> None:
+        # io.IOBase would close, that is save, a writer dropped half-written: abort instead.
+        try:
+            self.abort()
+        except Exception:  # noqa: BLE001 - nothing can be reported from a finaliser
+            pass
 
     def __repr__(self) -> str:
         done = f" -> version {self.result.version}" if self.result else (" (closed)" if self.closed else "")
@@ -713,7 +731,12 @@ class RunStream:
     async def __anext__(self) -> Chunk:
         import asyncio
 
-        item = await asyncio.to_thread(_next_or_none, self)
+        try:
+            item = await asyncio.to_thread(_next_or_none, self)
+        except asyncio.CancelledError:
+            # The thread reading it ends with the run.
+            self.cancel()
+            raise
         if item is None:
             raise StopAsyncIteration
         return item
@@ -796,7 +819,16 @@ class ChatStream:
     async def __anext__(self) -> Event:
         import asyncio
 
-        item = await asyncio.to_thread(_next_or_none, self)
+        try:
+            item = await asyncio.to_thread(_next_or_none, self)
+        except asyncio.CancelledError:
+            # The task is cancelled without waiting for it to end; the thread reading the
+            # stream sees its last status within a second and ends.
+            try:
+                self._cx._call("cancel_task", task=self._task.id)
+            except Error:
+                pass  # it had ended already
+            raise
         if item is None:
             raise StopAsyncIteration
         return item

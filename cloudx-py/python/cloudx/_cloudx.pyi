@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 __version__: str
 
-def open_embedded(data_dir: str, user: Optional[str] = None, config: Optional[str] = None, worker: bool = True) -> Session:
+def open_embedded(data_dir: Optional[str], user: Optional[str] = None, config: Optional[str] = None, worker: bool = True) -> Session:
     """The core in this process on `data_dir`, as the local system principal or the account `user` (an e-mail)."""
 
 def connect_remote(url: str, api_key: str) -> Session:

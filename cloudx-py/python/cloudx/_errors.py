@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class Error(Exception):
@@ -23,6 +23,10 @@ class Error(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its code (multiprocessing, concurrent.futures).
+        return (type(self), (self.code, self.message, self.retry_after))
 
 
 class InvalidInput(Error):
