@@ -3,6 +3,7 @@
 //! core's JSON forms); `cloudx/_api.py` turns them into the package's classes.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -49,16 +50,22 @@ pub(crate) struct Session {
     actor: String,
     /// A view of another session's core (`as_user`): closing it leaves the core open.
     shared: bool,
+    /// Set when the core is closed, by the session that opened it: its views see it too.
+    core_closed: Arc<AtomicBool>,
 }
 
 impl Session {
     /// The target, unless the session is closed.
     pub(crate) fn target(&self) -> PyResult<Arc<Target>> {
+        let closed = |why: &str| Python::attach(|py| crate::errors::to_py(py, &Error::invalid(why)));
+        if self.core_closed.load(Ordering::Acquire) && self.shared {
+            return Err(closed("this cloudx is closed (the instance it acts for was closed)"));
+        }
         self.target
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| Python::attach(|py| crate::errors::to_py(py, &Error::invalid("this cloudx is closed"))))
+            .ok_or_else(|| closed("this cloudx is closed"))
     }
 }
 
@@ -112,6 +119,7 @@ pub(crate) fn open_embedded(
         location: location.display().to_string(),
         actor,
         shared: false,
+        core_closed: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -130,6 +138,7 @@ pub(crate) fn connect_remote(py: Python<'_>, url: &str, api_key: String) -> PyRe
         location,
         actor: "an API key".to_owned(),
         shared: false,
+        core_closed: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -333,6 +342,7 @@ impl Session {
             location: self.location.clone(),
             actor: email.trim().to_lowercase(),
             shared: true,
+            core_closed: self.core_closed.clone(),
         })
     }
 
@@ -342,6 +352,9 @@ impl Session {
         let target = self.target.write().unwrap_or_else(PoisonError::into_inner).take();
         let worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take();
         let shared = self.shared;
+        if !shared {
+            self.core_closed.store(true, Ordering::Release);
+        }
         block(py, async move {
             if let Some(worker) = worker {
                 worker.stop.cancel();

@@ -173,9 +173,13 @@ def test_async_variants(cx: cloudx.Cloudx, project: cloudx.Project) -> None:
 def test_closed_instances_say_so(tmp_path: Path) -> None:
     cx = cloudx.open(tmp_path / "data", worker=False)
     assert cx.mode == "embedded" and "embedded" in repr(cx)
+    cx.users.create("eve@example.com", "a long enough passphrase")
+    eve = cx.as_user("eve@example.com")
     cx.close()
     with pytest.raises(cloudx.InvalidInput, match="closed"):
         cx.projects.list()
+    with pytest.raises(cloudx.InvalidInput, match="instance it acts for was closed"):
+        eve.projects.list()
     with pytest.raises(cloudx.NotFound, match="nobody@example.com"):
         cloudx.open(tmp_path / "data", user="nobody@example.com")
     with pytest.raises(cloudx.InvalidInput, match="api_key"):

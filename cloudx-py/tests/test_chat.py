@@ -90,3 +90,27 @@ def test_ctrl_c_cancels_a_chat(tmp_path: Path, llm: str) -> None:
         assert "status cancelled" in out, lines + out.splitlines()
     finally:
         slow.stop()
+
+
+def test_leaving_the_loop_early_cancels_the_task(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # As closing a streamed response: `break` (or an exception in the loop's body) cancels.
+    from conftest import Process, binary, llm_env
+
+    slow = Process([binary("cloudx-scripted-llm"), "--tokens", "200", "--interval-ms", "50"], {}, "http://")
+    try:
+        for name, value in llm_env("http://" + slow.url).items():
+            monkeypatch.setenv(name, value)
+        with cloudx.open(tmp_path / "data") as cx:
+            cx.users.create("ada@example.com", "correct horse battery staple")
+            p = cx.projects.create("p", owner="ada@example.com")
+            stream = cx.chat(p, "slow answer please")
+            for event in stream:
+                if event.kind == "delta":
+                    break
+            assert stream.task.status == "cancelled"
+            late = cx.chat(p, "slow again", conversation=stream.conversation)
+            assert late.task.status in ("queued", "running")
+            next(late)  # reading one event without a loop leaves the task alone
+            assert late.cancel().status == "cancelled"
+    finally:
+        slow.stop()

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -693,7 +693,8 @@ class Jobs:
 
 class RunStream:
     """A sandboxed run's output (`Chunk`s) as it comes; `result` once it has ended. Iterable
-    and async-iterable; Ctrl-C while reading it, or `cancel`, kills the sandbox."""
+    and async-iterable. Like a streamed response, a loop that leaves before the end (`break`, an
+    exception, Ctrl-C) kills the sandbox, as `cancel` does."""
 
     def __init__(self, native: _cloudx.RunHandle) -> None:
         self._native = native
@@ -706,7 +707,7 @@ class RunStream:
         return self._result
 
     def __iter__(self) -> Iterator[Chunk]:
-        return self
+        return _until_end(self, self.cancel)
 
     def __next__(self) -> Chunk:
         if self._ended:
@@ -725,8 +726,8 @@ class RunStream:
         assert self._result is not None
         return self._result
 
-    def __aiter__(self) -> RunStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return _until_end_async(self, self.cancel)
 
     async def __anext__(self) -> Chunk:
         import asyncio
@@ -756,10 +757,48 @@ def _next_or_none(it: Iterator[Any]) -> Any:
         return None
 
 
+def _until_end(stream: Any, abandon: Any) -> Iterator[Any]:
+    """`stream`'s items; `abandon()` when the loop leaves before the end."""
+    ended = False
+    try:
+        while True:
+            try:
+                item = stream.__next__()
+            except StopIteration:
+                ended = True
+                return
+            yield item
+    finally:
+        if not ended and not stream._ended:
+            try:
+                abandon()
+            except Exception:  # noqa: BLE001 - closed meanwhile: nothing left to stop
+                pass
+
+
+async def _until_end_async(stream: Any, abandon: Any) -> AsyncIterator[Any]:
+    ended = False
+    try:
+        while True:
+            try:
+                item = await stream.__anext__()
+            except StopAsyncIteration:
+                ended = True
+                return
+            yield item
+    finally:
+        if not ended and not stream._ended:
+            try:
+                abandon()
+            except Exception:  # noqa: BLE001
+                pass
+
+
 class ChatStream:
     """The agent's events (`delta` text, `tool_call`, `tool_result`, `file_changed`, `status`,
-    `answer`) as they happen, until its task ends. Iterable and async-iterable; Ctrl-C while
-    reading it cancels the task."""
+    `answer`) as they happen, until its task ends. Iterable and async-iterable. Like a streamed
+    response, a loop that leaves before the end (`break`, an exception, Ctrl-C) cancels the
+    task; `next(stream)` reads without that."""
 
     _WAIT_MS = 1000
 
@@ -782,7 +821,7 @@ class ChatStream:
         return self._conversation
 
     def __iter__(self) -> Iterator[Event]:
-        return self
+        return _until_end(self, self.cancel)
 
     def __next__(self) -> Event:
         try:
@@ -813,8 +852,15 @@ class ChatStream:
             self.cancel()
             raise
 
-    def __aiter__(self) -> ChatStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # Abandoned in a coroutine: the task is cancelled without waiting for it to end.
+        return _until_end_async(self, self._cancel_now)
+
+    def _cancel_now(self) -> None:
+        try:
+            self._cx._call("cancel_task", task=self._task.id)
+        except Error:
+            pass  # it had ended already
 
     async def __anext__(self) -> Event:
         import asyncio
@@ -822,12 +868,8 @@ class ChatStream:
         try:
             item = await asyncio.to_thread(_next_or_none, self)
         except asyncio.CancelledError:
-            # The task is cancelled without waiting for it to end; the thread reading the
-            # stream sees its last status within a second and ends.
-            try:
-                self._cx._call("cancel_task", task=self._task.id)
-            except Error:
-                pass  # it had ended already
+            # The thread reading the stream sees the task's last status within a second.
+            self._cancel_now()
             raise
         if item is None:
             raise StopAsyncIteration
