@@ -12,6 +12,9 @@ use crate::errors;
 /// How often a blocking call looks for a signal (Ctrl-C) while it waits.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
+/// How long an interrupted call waits for the cancellations it caused to reach a daemon.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// The process's runtime: made on first use, kept for the life of the process.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -76,8 +79,13 @@ where
         if let Err(e) = Python::attach(|py| py.check_signals()) {
             // Dropped in the runtime's context: what the future holds may spawn its clean-up
             // (a guard that cancels a daemon's job).
-            let _context = rt.enter();
-            drop(fut);
+            {
+                let _context = rt.enter();
+                drop(fut);
+            }
+            // A daemon's run cancelled by the drop: the request leaves before the program
+            // (which Ctrl-C usually ends) does.
+            rt.block_on(cloudx_http::client::target::settle_abandoned(SETTLE));
             return Err(Stopped::Interrupted(e));
         }
     }

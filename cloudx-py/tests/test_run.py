@@ -122,13 +122,51 @@ def test_ctrl_c_interrupts_a_run_and_kills_its_sandbox(tmp_path: Path) -> None:
     assert not sandboxed_sleep()
 
 
-def sandboxed_sleep() -> bool:
+def sandboxed_sleep(seconds: bytes = b"41.5") -> bool:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() == b"sleep\x0041.5\x00":
+                    if f.read() == b"sleep\x00" + seconds + b"\x00":
                         return True
             except OSError:
                 pass
     return False
+
+
+REMOTE_INTERRUPTED = """
+import os, sys, time, cloudx
+cx = cloudx.connect(sys.argv[1], api_key=sys.argv[2])
+print("ready", flush=True)
+try:
+    cx.run(["sh", "-c", "exec sleep 41.7"], project=sys.argv[3])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    os._exit(0)  # at once: nothing runs after the interrupted call
+"""
+
+
+def test_ctrl_c_cancels_a_daemons_run(daemon) -> None:  # type: ignore[no-untyped-def]
+    # The program ends right after Ctrl-C: the job's cancel must have left before it did.
+    with cloudx.connect(daemon.url, api_key=daemon.admin_key) as cx:
+        p = cx.projects.create("interrupted remotely")
+        child = subprocess.Popen(
+            [sys.executable, "-c", REMOTE_INTERRUPTED, daemon.url, daemon.admin_key, p.id],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while not sandboxed_sleep(b"41.7") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sandboxed_sleep(b"41.7"), "the daemon's sandboxed command never started"
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=30)
+        assert out.strip() == "interrupted", out
+        [job] = cx.jobs.list(project=p)
+        assert cx.jobs.wait(job, timeout=30).status == "cancelled"
+        deadline = time.monotonic() + 20
+        while sandboxed_sleep(b"41.7") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sandboxed_sleep(b"41.7")

@@ -555,6 +555,16 @@ async fn follow_job(target: &Target, id: Uuid, chunks: Option<mpsc::Sender<Outpu
     }
 }
 
+/// The cancellations of abandoned runs still on their way to the daemon.
+static ABANDONED: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits, up to `timeout`, for the cancellations of runs dropped so far to reach their daemons:
+/// for a front end that may exit right after a run was interrupted (Python after Ctrl-C).
+pub async fn settle_abandoned(timeout: std::time::Duration) {
+    let pending = std::mem::take(&mut *ABANDONED.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let _ = tokio::time::timeout(timeout, futures_util::future::join_all(pending)).await;
+}
+
 /// Cancels a daemon's job when dropped armed: a run whose caller went away (Ctrl-C) stops.
 struct CancelOnDrop {
     client: Client,
@@ -573,11 +583,14 @@ impl Drop for CancelOnDrop {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let client = self.client.clone();
-            runtime.spawn(async move {
+            let cancel = runtime.spawn(async move {
                 if let Err(e) = client.cancel_job(id).await {
                     tracing::warn!(job = %id, error = %e, "cannot cancel an abandoned run");
                 }
             });
+            let mut pending = ABANDONED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.retain(|c| !c.is_finished());
+            pending.push(cancel);
         }
     }
 }
