@@ -156,6 +156,22 @@ def test_threads_share_one_instance(cx: cloudx.Cloudx, project: cloudx.Project) 
     assert not errors, errors
     assert len(cx.files.list(project)) == 30
     assert cx.projects.get(project).version == 30
+    # Runs from several threads at once, and one stream read by two threads.
+    outputs: list[str] = []
+    runners = [
+        threading.Thread(target=lambda n=n: outputs.append(cx.run(["echo", str(n)], project=project).stdout))
+        for n in range(4)
+    ]
+    stream = cx.run_stream(["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; done"], project=project)
+    texts: list[str] = []
+    readers = [threading.Thread(target=lambda: texts.extend(c.text for c in stream)) for _ in range(2)]
+    for t in runners + readers:
+        t.start()
+    for t in runners + readers:
+        t.join(60)
+    assert sorted(outputs) == [f"{n}\n" for n in range(4)]
+    assert sorted("".join(texts).split()) == ["1", "2", "3", "4", "5", "6"]
+    assert stream.result is not None and stream.result.ok
 
 
 def test_async_variants(cx: cloudx.Cloudx, project: cloudx.Project) -> None:

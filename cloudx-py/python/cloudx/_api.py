@@ -700,6 +700,7 @@ class RunStream:
         self._native = native
         self._result: Optional[RunResult] = None
         self._ended = False
+        self._end = threading.Lock()  # threads reading one stream all see its one end
 
     @property
     def result(self) -> Optional[RunResult]:
@@ -714,8 +715,10 @@ class RunStream:
             raise StopIteration
         chunk = self._native.next_chunk()
         if chunk is None:
-            self._ended = True
-            self._result = RunResult._from(self._native.result())
+            with self._end:
+                if not self._ended:
+                    self._result = RunResult._from(self._native.result())
+                    self._ended = True
             raise StopIteration
         return Chunk(chunk[0], chunk[1])
 
