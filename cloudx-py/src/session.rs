@@ -445,6 +445,11 @@ fn arg<T: DeserializeOwned>(args: &Map<String, Value>, name: &str) -> Result<T> 
         .map_err(|e| Error::invalid(format!("{name}: {e}")))
 }
 
+/// All the arguments as one `T` (a new project, a job, a filter), named `what` in errors.
+fn whole<T: DeserializeOwned>(args: &Map<String, Value>, what: &str) -> Result<T> {
+    serde_json::from_value(Value::Object(args.clone())).map_err(|e| Error::invalid(format!("{what}: {e}")))
+}
+
 fn to_json(value: impl serde::Serialize) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::internal("cannot encode an answer", e))
 }
@@ -456,8 +461,7 @@ async fn dispatch(target: &Target, op: &str, args: Map<String, Value>) -> Result
         "list_projects" => to_json(target.list_projects(arg(a, "deleted")?, arg(a, "all")?, None).await?),
         "resolve_project" => to_json(target.resolve_project(&arg::<String>(a, "project")?).await?),
         "create_project" => {
-            let new: NewProject = serde_json::from_value(Value::Object(args.clone()))
-                .map_err(|e| Error::invalid(format!("project: {e}")))?;
+            let new: NewProject = whole(a, "project")?;
             to_json(target.create_project(&new).await?)
         }
         "members" => to_json(target.members(arg(a, "project")?).await?),
@@ -505,15 +509,13 @@ async fn dispatch(target: &Target, op: &str, args: Map<String, Value>) -> Result
             to_json(report)
         }
         "submit_job" => {
-            let new: NewJob =
-                serde_json::from_value(Value::Object(args.clone())).map_err(|e| Error::invalid(format!("job: {e}")))?;
+            let new: NewJob = whole(a, "job")?;
             let (job, created) = target.submit_job(&new).await?;
             Ok(json!({ "job": job, "created": created }))
         }
         "job" => to_json(target.job(arg(a, "job")?).await?),
         "list_jobs" => {
-            let filter: JobFilter = serde_json::from_value(Value::Object(args.clone()))
-                .map_err(|e| Error::invalid(format!("filter: {e}")))?;
+            let filter: JobFilter = whole(a, "filter")?;
             to_json(target.list_jobs(&filter).await?)
         }
         "cancel_job" => to_json(target.cancel_job(arg(a, "job")?).await?),
@@ -538,8 +540,7 @@ async fn dispatch(target: &Target, op: &str, args: Map<String, Value>) -> Result
         }
         "task" => to_json(target.task(arg(a, "task")?).await?),
         "list_tasks" => {
-            let filter: TaskFilter = serde_json::from_value(Value::Object(args.clone()))
-                .map_err(|e| Error::invalid(format!("filter: {e}")))?;
+            let filter: TaskFilter = whole(a, "filter")?;
             to_json(target.list_tasks(&filter).await?)
         }
         "transcript" => {

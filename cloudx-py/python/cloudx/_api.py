@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 from . import _cloudx
 from ._errors import Error
@@ -733,17 +733,8 @@ class RunStream:
         return _until_end_async(self, self.cancel)
 
     async def __anext__(self) -> Chunk:
-        import asyncio
-
-        try:
-            item = await asyncio.to_thread(_next_or_none, self)
-        except asyncio.CancelledError:
-            # The thread reading it ends with the run.
-            self.cancel()
-            raise
-        if item is None:
-            raise StopAsyncIteration
-        return item
+        # Cancelled, it stops the run: the thread reading it then ends with it.
+        return await _next_in_thread(self, self.cancel)
 
     def cancel(self) -> None:
         """Stops the run (its sandbox is killed; on a daemon, its job cancelled)."""
@@ -760,7 +751,21 @@ def _next_or_none(it: Iterator[Any]) -> Any:
         return None
 
 
-def _until_end(stream: Any, abandon: Any) -> Iterator[Any]:
+async def _next_in_thread(stream: Any, stop: Callable[[], None]) -> Any:
+    """`stream`'s next item, read on a thread; `stop()` when the awaiting task is cancelled."""
+    import asyncio
+
+    try:
+        item = await asyncio.to_thread(_next_or_none, stream)
+    except asyncio.CancelledError:
+        stop()
+        raise
+    if item is None:
+        raise StopAsyncIteration
+    return item
+
+
+def _until_end(stream: Any, abandon: Callable[[], Any]) -> Iterator[Any]:
     """`stream`'s items; `abandon()` when the loop leaves before the end."""
     ended = False
     try:
@@ -779,7 +784,7 @@ def _until_end(stream: Any, abandon: Any) -> Iterator[Any]:
                 pass
 
 
-async def _until_end_async(stream: Any, abandon: Any) -> AsyncIterator[Any]:
+async def _until_end_async(stream: Any, abandon: Callable[[], Any]) -> AsyncIterator[Any]:
     ended = False
     try:
         while True:
@@ -866,17 +871,9 @@ class ChatStream:
             pass  # it had ended already
 
     async def __anext__(self) -> Event:
-        import asyncio
-
-        try:
-            item = await asyncio.to_thread(_next_or_none, self)
-        except asyncio.CancelledError:
-            # The thread reading the stream sees the task's last status within a second.
-            self._cancel_now()
-            raise
-        if item is None:
-            raise StopAsyncIteration
-        return item
+        # Cancelled, it cancels the task: the thread reading it sees its last status within a
+        # second.
+        return await _next_in_thread(self, self._cancel_now)
 
     def wait(self) -> Task:
         """Reads the stream to its end and answers the finished task."""
