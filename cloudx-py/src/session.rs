@@ -423,9 +423,7 @@ async fn run(
     if request.version.is_some() {
         return Err(Error::invalid("version: a run without a project has no versions"));
     }
-    if request.argv.first().is_none_or(String::is_empty) {
-        return Err(Error::invalid("argv: give a program and its arguments"));
-    }
+    request.check()?;
     let mut spec = ExecSpec::new(request.argv);
     spec.env = request.env.into_iter().collect();
     spec.cwd = request.cwd;

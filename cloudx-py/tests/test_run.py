@@ -25,6 +25,9 @@ def test_run_gives_a_result_with_the_isolation_record(cx: cloudx.Cloudx, project
     assert "exit 3" in repr(r)
     limited = cx.run(["sleep", "5"], project=project, timeout=0.5)
     assert limited.timed_out and limited.limit == "wall_time"
+    # Refused before it is sent anywhere, in both modes, by the error's own class.
+    with pytest.raises(cloudx.InvalidInput, match="argv: give a program"):
+        cx.run([], project=project)
 
 
 def test_a_run_commits_what_it_changed(cx: cloudx.Cloudx, project: cloudx.Project) -> None:

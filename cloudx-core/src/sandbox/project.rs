@@ -47,6 +47,20 @@ pub struct ProjectExec {
     pub message: Option<String>,
 }
 
+impl ProjectExec {
+    /// The checks that need no project: a client may make them before sending the run away
+    /// (as a job, whose failure would only say that it died).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an empty command.
+    pub fn check(&self) -> Result<()> {
+        if self.argv.first().is_none_or(String::is_empty) {
+            return Err(Error::invalid("argv: give a program and its arguments"));
+        }
+        Ok(())
+    }
+}
+
 /// How a run on a project went.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -154,9 +168,7 @@ impl Cloudx {
         deadline: Option<std::time::Instant>,
         chunks: Option<mpsc::Sender<OutputChunk>>,
     ) -> Result<ProjectRun> {
-        if request.argv.first().is_none_or(String::is_empty) {
-            return Err(Error::invalid("argv: give a program and its arguments"));
-        }
+        request.check()?;
         // Every right the call needs, before anything runs: reading the files, running code,
         // and writing when the changes are to be committed.
         let mut needed = vec![ProjectAction::Read, ProjectAction::Exec];

@@ -443,6 +443,7 @@ impl Target {
                 serde_json::to_value(&run).map_err(|e| Error::internal("cannot encode the run", e))
             }
             Target::Remote(c) => {
+                request.check()?;
                 let payload =
                     serde_json::to_value(&request).map_err(|e| Error::internal("cannot encode the run", e))?;
                 let mut job = NewJob::new("sandbox_exec", payload);
