@@ -1242,3 +1242,43 @@ async fn a_given_folder_stays_its_owners() {
         assert_eq!((after.uid(), after.gid(), after.mode()), (uid, gid, mode), "the folder itself is untouched");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_folders_run_at_once_without_waiting_on_each_other() {
+    // As root each given folder is idmapped through a user namespace that a short-lived child
+    // holds; children made at once must not keep each other alive (they once did, forever).
+    let _shared = GATE.read().await;
+    let sb = sandbox();
+    let root = nix::unistd::geteuid().is_root();
+    // Resident memory slows each fork down, widening the window in which they overlap.
+    let ballast = vec![1u8; 128 << 20];
+    let folders: Vec<_> = (0..24).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<_> = folders
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let (sb, dir) = (sb.clone(), dir.path().to_path_buf());
+            tokio::spawn(async move {
+                let mut spec = sh(&format!("echo {i} > out && cat out"));
+                spec.workspace = Some(dir);
+                sb.exec(spec).await
+            })
+        })
+        .collect();
+    let Ok(all) = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(runs)).await else {
+        // A panic would hang instead: the runtime waits for its stuck launching threads.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "runs with given folders waited on each other for 30 s");
+        std::process::exit(101);
+    };
+    for (i, out) in all.into_iter().enumerate() {
+        let out = out.unwrap().unwrap();
+        assert!(out.success(), "run {i}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
+        if root {
+            assert!(out.isolation.mounts.iter().any(|m| m.contains("idmapped")), "{:?}", out.isolation.mounts);
+        }
+        assert_eq!(std::fs::read_to_string(folders[i].path().join("out")).unwrap(), format!("{i}\n"));
+    }
+    drop(ballast);
+}

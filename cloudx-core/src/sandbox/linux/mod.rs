@@ -1119,15 +1119,18 @@ fn idmapped_tree(dir: &Path, owner: (u32, u32), host: (u32, u32)) -> Result<Owne
 /// opened.
 fn mapping_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
     let (hold_r, hold_w) = pipe()?;
-    let (r, w) = (hold_r.as_raw_fd(), hold_w.as_raw_fd());
+    let r = hold_r.as_raw_fd();
     #[allow(unsafe_code)]
     // SAFETY: the child only makes raw system calls (no allocation, no lock) and exits.
     let pid = unsafe { sys::fork_raw(libc::CLONE_NEWUSER) }
         .map_err(|e| Error::internal("cannot create the idmapping's user namespace", e))?;
     if pid == 0 {
-        sys::close(w);
-        let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        let _ = sys::read_byte(r);
+        // Only the read end stays, as descriptor 0. A copy of another thread's `hold_w` kept
+        // here would keep that thread's child waiting on this one, while this one waited on it.
+        if (r == 0 || sys::dup_to(r, 0, false).is_ok()) && sys::close_from(1).is_ok() {
+            let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            let _ = sys::read_byte(0);
+        }
         sys::exit(0);
     }
     drop(hold_r);
