@@ -22,7 +22,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
-use libc::{c_char, c_ulong};
+use libc::{c_char, c_int, c_ulong};
 use nix::errno::Errno;
 
 use super::sys::{self, Sys};
@@ -652,12 +652,13 @@ fn harden_and_run(
     for program in seccomp {
         sys::seccomp_install(program).or_fail(Step::Seccomp);
     }
+    // Spawned rather than forked: a fork copies the page tables of everything init inherited
+    // from the host, which made a run's cost grow with the host's size.
     #[allow(unsafe_code)]
-    // SAFETY: single-threaded.
-    let command = unsafe { sys::fork_raw(0) }.or_fail(Step::Fork);
-    if command == 0 {
-        command_process(run);
-    }
+    // SAFETY: init is single-threaded; `command_entry` only sets up and execs (or reports and
+    // exits), writing nothing init reads, and `run` outlives it since init is suspended.
+    let command =
+        unsafe { sys::spawn_shared(command_entry, std::ptr::from_ref(run).cast_mut().cast()) }.or_fail(Step::Fork);
     sys::close(0);
     sys::close(1);
     sys::close(2);
@@ -723,6 +724,14 @@ fn run_op(op: &Op) -> Sys {
             )
         }
     }
+}
+
+/// The command's entry from [`sys::spawn_shared`]: `arg` is the [`RunArgs`] init passed.
+extern "C" fn command_entry(arg: *mut libc::c_void) -> c_int {
+    #[allow(unsafe_code)]
+    // SAFETY: init passed a pointer to its `RunArgs`, alive while it is suspended.
+    let run = unsafe { &*arg.cast::<RunArgs<'_>>() };
+    command_process(run)
 }
 
 /// The command: a session, limits, the working directory, exec.
