@@ -1243,33 +1243,37 @@ async fn a_given_folder_stays_its_owners() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn given_folders_run_at_once_without_waiting_on_each_other() {
+#[test]
+fn given_folders_run_at_once_without_waiting_on_each_other() {
     // As root each given folder is idmapped through a user namespace that a short-lived child
     // holds; children made at once must not keep each other alive (they once did, forever).
-    let _shared = GATE.read().await;
-    let sb = sandbox();
+    // A runtime of the test's own: on a hang, it is shut down without waiting for the stuck
+    // launching threads, which dropping it would do (forever).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let root = nix::unistd::geteuid().is_root();
     // Resident memory slows each fork down, widening the window in which they overlap.
-    let ballast = vec![1u8; 128 << 20];
+    let ballast = std::hint::black_box(vec![1u8; 128 << 20]);
     let folders: Vec<_> = (0..24).map(|_| tempfile::tempdir().unwrap()).collect();
-    let runs: Vec<_> = folders
-        .iter()
-        .enumerate()
-        .map(|(i, dir)| {
-            let (sb, dir) = (sb.clone(), dir.path().to_path_buf());
-            tokio::spawn(async move {
-                let mut spec = sh(&format!("echo {i} > out && cat out"));
-                spec.workspace = Some(dir);
-                sb.exec(spec).await
+    let all = rt.block_on(async {
+        let _shared = GATE.read().await;
+        let sb = sandbox();
+        let runs: Vec<_> = folders
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let (sb, dir) = (sb.clone(), dir.path().to_path_buf());
+                tokio::spawn(async move {
+                    let mut spec = sh(&format!("echo {i} > out && cat out"));
+                    spec.workspace = Some(dir);
+                    sb.exec(spec).await
+                })
             })
-        })
-        .collect();
-    let Ok(all) = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(runs)).await else {
-        // A panic would hang instead: the runtime waits for its stuck launching threads.
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "runs with given folders waited on each other for 30 s");
-        std::process::exit(101);
+            .collect();
+        tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(runs)).await
+    });
+    let Ok(all) = all else {
+        rt.shutdown_background();
+        panic!("runs with given folders waited on each other for 30 s");
     };
     for (i, out) in all.into_iter().enumerate() {
         let out = out.unwrap().unwrap();

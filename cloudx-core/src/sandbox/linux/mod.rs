@@ -1115,8 +1115,8 @@ fn idmapped_tree(dir: &Path, owner: (u32, u32), host: (u32, u32)) -> Result<Owne
 }
 
 /// A user namespace mapping `owner` (inside) to `host` (outside), held by its descriptor: made
-/// by a child that unshares nothing else and waits until the map is written and the namespace
-/// opened.
+/// by a child made in it that waits until the map is written and the namespace opened, and is
+/// then killed (its pipe's end also ends it, and so does the end of the thread that made it).
 fn mapping_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
     let (hold_r, hold_w) = pipe()?;
     let r = hold_r.as_raw_fd();
@@ -1142,6 +1142,10 @@ fn mapping_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
         std::fs::write(proc.join("gid_map"), format!("{} {} 1\n", owner.1, host.1))?;
         Ok(std::fs::File::open(proc.join("ns/user"))?.into())
     })();
+    // Killed rather than left to see the pipe's end: a child the host forks meanwhile (Python's
+    // multiprocessing, say) may hold a copy of `hold_w` for as long as it lives. Not reaped
+    // yet, the pid cannot have been reused.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     drop(hold_w);
     child.reap_now();
     made.map_err(|e| Error::internal("cannot map the idmapping's user namespace", e))
