@@ -13,7 +13,8 @@
 //! - **init** (pid 1 of the new pid namespace): builds the root (tmpfs, read-only binds,
 //!   `/proc`, `/dev`, tmpfs `/tmp` and `/dev/shm`, the workspace), `pivot_root`s into it,
 //!   becomes the sandbox user, drops every capability, sets `no_new_privs`, applies landlock
-//!   and seccomp, forks the command and reaps every process until the command exits, then
+//!   and seccomp, spawns the command (sharing its memory until the command execs, so no page
+//!   table is copied) and reaps every process until the command exits, then
 //!   reports its status and resource use; its exit ends every process left in the namespace;
 //! - **command**: a new session, the rlimits, the working directory, then `execve`.
 //!
@@ -622,7 +623,7 @@ fn init_process(plan: &mut Plan, alive: RawFd) -> ! {
 }
 
 /// Pivots into the root, becomes the sandbox user, drops every privilege, applies landlock
-/// and seccomp, forks the command and reaps until it exits.
+/// and seccomp, spawns the command and reaps until it exits.
 fn harden_and_run(
     root_flags: c_ulong,
     landlock: Option<&[(CString, u64)]>,

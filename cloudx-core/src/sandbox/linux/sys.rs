@@ -2,7 +2,8 @@
 //!
 //! The child of a multi-threaded process may only do async-signal-safe work until it execs: no
 //! allocation, no locks. Everything here is one system call on memory prepared by the parent
-//! (C strings, pointer arrays, BPF programs), and reports failure as an [`Errno`].
+//! (C strings, pointer arrays, BPF programs), or a few ([`spawn_shared`]'s stack around its
+//! `clone`), and reports failure as an [`Errno`].
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -38,14 +39,16 @@ const SPAWN_STACK: usize = 256 * 1024;
 /// holds, where [`fork_raw`] costs in proportion to it. Returns the child's pid.
 ///
 /// # Safety
-/// This process must be single-threaded. `child` may only make async-signal-safe calls, must
+/// This process must be single-threaded and have no signal handler installed (one would run
+/// in the child, on this process's memory). `child` may only make async-signal-safe calls, must
 /// not change memory this process relies on (its writes land in this process), and must exec
 /// or exit rather than return.
 pub(super) unsafe fn spawn_shared(
     child: extern "C" fn(*mut libc::c_void) -> c_int,
     arg: *mut libc::c_void,
 ) -> Sys<libc::pid_t> {
-    let page = 4096;
+    // SAFETY: sysconf has no precondition.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let len = SPAWN_STACK + page;
     // SAFETY: a fresh anonymous mapping; nothing else refers to it.
     let base = unsafe {
