@@ -3,9 +3,10 @@
 //!
 //! Usage: embedded-baseline DATA_DIR ROUNDS MIB
 //! Prints one JSON line: the median milliseconds of a scratch run of `true` (ROUNDS runs back to
-//! back after a warm-up, then ROUNDS/4 one at a time, each after a pause of 50 ms), and the median MiB/s of writing and of reading a MIB-mebibyte file (5 rounds, each
-//! with different content, so that nothing is deduplicated; each read the second since the
-//! write), and the median of ROUNDS/4 runs of `true` with 200 MiB more resident.
+//! back after a warm-up, then ROUNDS/4 one at a time, each after a pause of 50 ms, with the
+//! sandbox's own wall time of those), the median MiB/s of writing and of reading a MIB-mebibyte
+//! file (5 rounds, each with different content, so that nothing is deduplicated; each read the
+//! second since the write), and the median of ROUNDS/4 runs of `true` with 200 MiB more resident.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};

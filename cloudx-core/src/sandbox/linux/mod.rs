@@ -1114,9 +1114,9 @@ fn idmapped_tree(dir: &Path, owner: (u32, u32), host: (u32, u32)) -> Result<Owne
     Ok(tree)
 }
 
-/// A user namespace mapping `owner` (inside) to `host` (outside), held by its descriptor: made
-/// by a child made in it that waits until the map is written and the namespace opened, and is
-/// then killed (its pipe's end also ends it, and so does the end of the thread that made it).
+/// A user namespace mapping `owner` (inside) to `host` (outside), held by its descriptor. A
+/// child cloned into it waits while the map is written and the namespace opened, and is then
+/// killed (the end of its pipe, or of the thread that made it, also ends it).
 fn mapping_namespace(owner: (u32, u32), host: (u32, u32)) -> Result<OwnedFd> {
     let (hold_r, hold_w) = pipe()?;
     let r = hold_r.as_raw_fd();
